@@ -1,0 +1,140 @@
+//! Application state, the router with its layers, and the HTTP server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::kv::Kv;
+use crate::telemetry::{self, REQUEST_ID};
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub kv: Kv,
+    pub config: Arc<Config>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Connects to Postgres and Redis lazily: the server starts while either is down and
+    /// `/readyz` reports it.
+    pub fn new(config: Config) -> Result<AppState, crate::StartError> {
+        let db = Db::connect_lazy(&config.database_url).map_err(crate::StartError::Database)?;
+        let kv = Kv::connect_lazy(&config.redis_url, &config.redis_prefix)
+            .map_err(crate::StartError::Redis)?;
+        Ok(AppState {
+            db,
+            kv,
+            config: Arc::new(config),
+            metrics: telemetry::metrics_handle(),
+        })
+    }
+}
+
+/// The whole HTTP surface: admin UI, REST API, health and metrics.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(crate::web::router(&state))
+        .nest("/v1", crate::tenancy::api::router())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetSensitiveRequestHeadersLayer::new([
+                    header::AUTHORIZATION,
+                    header::COOKIE,
+                ]))
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(telemetry::request_span))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(axum::middleware::from_fn(telemetry::record_http_metrics))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Duration::from_secs(30),
+                ))
+                .layer(DefaultBodyLimit::max(1024 * 1024)),
+        )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when Postgres and Redis both answer within two seconds; says which one does not.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let timeout = Duration::from_secs(2);
+    let (postgres, redis) = tokio::join!(
+        tokio::time::timeout(timeout, state.db.ping()),
+        tokio::time::timeout(timeout, state.kv.ping()),
+    );
+    let postgres_ok = matches!(postgres, Ok(Ok(())));
+    let redis_ok = matches!(redis, Ok(Ok(())));
+    if !postgres_ok {
+        tracing::warn!("readyz: postgres unreachable");
+    }
+    if !redis_ok {
+        tracing::warn!("readyz: redis unreachable");
+    }
+    let status = if postgres_ok && redis_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    (
+        status,
+        axum::Json(json!({
+            "status": if status == StatusCode::OK { "ready" } else { "not ready" },
+            "checks": { "postgres": word(postgres_ok), "redis": word(redis_ok) },
+        })),
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Binds the listener (port 0 picks a free one; the caller can read the port back).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serves until `shutdown` resolves, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,102 @@
+//! Postgres: the pool, migrations, and tenant-scoped transactions.
+//!
+//! All tenant-owned data is read and written through [`Db::tenant`], which opens a transaction that
+//! runs as the restricted role `ferry_app` with `app.tenant_id` set, so row-level security hides
+//! every other tenant's rows even from a query that forgets its `WHERE tenant_id`. The only way
+//! around it is [`Db::cross_tenant`], named so that every use can be found with grep.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use crate::tenancy::TenantId;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    /// Connects lazily: the process starts even while Postgres is down, and `/readyz` says so.
+    pub fn connect_lazy(url: &secrecy::SecretString) -> Result<Db, sqlx::Error> {
+        let options: PgConnectOptions = url.expose_secret().parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options.application_name("ferry"));
+        Ok(Db { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Db {
+        Db { pool }
+    }
+
+    /// Applies pending migrations (idempotent; safe to run from several processes at once).
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    /// Opens a transaction scoped to one tenant. Everything tenant-owned goes through here.
+    pub async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // One round trip: the tenant for the policies, and the role they apply to. Both settings
+        // are transaction-local and vanish at commit or rollback.
+        sqlx::query!(
+            "SELECT set_config('app.tenant_id', $1, true) AS tenant, set_config('role', 'ferry_app', true) AS role",
+            tenant.0.to_string()
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(TenantTx { tx, tenant })
+    }
+
+    /// CROSS-TENANT: the pool as the connecting role, which row-level security does not restrict.
+    /// Only for work that cannot know the tenant beforehand (login by email, API-key lookup,
+    /// sign-up, sessions) or spans all tenants (schedulers, maintenance). Every caller says why.
+    pub fn cross_tenant(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query_scalar!("SELECT 1 AS \"one!\"")
+            .fetch_one(&self.pool)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A transaction in which row-level security shows exactly one tenant's rows.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    tenant: TenantId,
+}
+
+impl TenantTx {
+    pub fn tenant_id(&self) -> TenantId {
+        self.tenant
+    }
+
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}

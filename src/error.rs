@@ -1,0 +1,218 @@
+//! One error type for every handler, mapped to HTTP here and nowhere else.
+//!
+//! API routes answer `application/problem+json` (RFC 9457) with a stable `type`; UI routes get the
+//! same problem rendered as an HTML page by [`crate::web::html_errors`]. Internal causes are logged
+//! with their chain and never shown to the client.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+/// A problem with one field of a request, for inline messages and problem+json `errors`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found")]
+    NotFound,
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("the form has expired or did not come from Ferry")]
+    Csrf,
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("too many requests")]
+    RateLimited { retry_after: Duration },
+    #[error("dependency unavailable: {0}")]
+    Unavailable(&'static str),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("redis error")]
+    Redis(#[from] redis::RedisError),
+    #[error("session store error")]
+    Session(#[from] tower_sessions::session::Error),
+    #[error("template rendering failed")]
+    Template(#[from] askama::Error),
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    #[error("background task failed")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// The problem+json body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// Stable problem type URIs; documented in the README.
+fn problem_type(slug: &str) -> String {
+    format!("https://ferry.dev/problems/{slug}")
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Error::Forbidden | Error::Csrf => StatusCode::FORBIDDEN,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(_)
+            | Error::Redis(_)
+            | Error::Session(_)
+            | Error::Template(_)
+            | Error::PasswordHash(_)
+            | Error::Join(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The client-facing description. Internal errors say nothing about their cause.
+    pub fn problem(&self) -> Problem {
+        let (slug, title, detail, errors) = match self {
+            Error::NotFound => ("not-found", "Not found", None, vec![]),
+            Error::Unauthenticated => (
+                "unauthenticated",
+                "Authentication required",
+                Some("Send a valid API key as `Authorization: Bearer <key>`.".to_string()),
+                vec![],
+            ),
+            Error::Forbidden => (
+                "forbidden",
+                "Forbidden",
+                Some("Your role does not allow this.".to_string()),
+                vec![],
+            ),
+            Error::Csrf => (
+                "csrf",
+                "Form expired",
+                Some(
+                    "The form has expired or did not come from Ferry. Go back, reload the page \
+                     and try again."
+                        .to_string(),
+                ),
+                vec![],
+            ),
+            Error::BadRequest(detail) => {
+                ("bad-request", "Bad request", Some(detail.clone()), vec![])
+            }
+            Error::Validation(errors) => (
+                "validation",
+                "Validation failed",
+                Some("One or more fields are invalid.".to_string()),
+                errors.clone(),
+            ),
+            Error::Conflict(detail) => ("conflict", "Conflict", Some(detail.clone()), vec![]),
+            Error::RateLimited { retry_after } => (
+                "rate-limited",
+                "Too many requests",
+                Some(format!(
+                    "Try again in {} seconds.",
+                    retry_after.as_secs().max(1)
+                )),
+                vec![],
+            ),
+            Error::Unavailable(what) => (
+                "unavailable",
+                "Service unavailable",
+                Some(format!("{what} is unavailable; try again shortly.")),
+                vec![],
+            ),
+            _ => ("internal", "Internal server error", None, vec![]),
+        };
+        Problem {
+            kind: problem_type(slug),
+            title: title.to_string(),
+            status: self.status().as_u16(),
+            detail,
+            errors,
+        }
+    }
+
+    fn log(&self) {
+        if self.status().is_server_error() {
+            // Log the whole chain; the client sees only the opaque problem.
+            let mut chain = self.to_string();
+            let mut source = std::error::Error::source(self);
+            while let Some(cause) = source {
+                chain.push_str(": ");
+                chain.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            tracing::error!(error = %chain, "request failed");
+        }
+    }
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.log();
+        let problem = self.problem();
+        let status = self.status();
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        match self {
+            Error::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Error::RateLimited { retry_after } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+                {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// SQLSTATE of a unique violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// The name of the unique constraint (or index) a database error violated, if it was one.
+pub fn unique_violation(err: &sqlx::Error) -> Option<&str> {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            db.constraint()
+        }
+        _ => None,
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

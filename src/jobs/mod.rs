@@ -1,0 +1,122 @@
+//! The job runner: apalis workers on Redis, their schedules, and graceful shutdown.
+//!
+//! Handlers live in the features; this module only wires queues to them. Jobs carry ids or small
+//! enums, never data, and every handler is idempotent, so a job that runs twice does no harm.
+
+use std::future::Future;
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::{Config as QueueConfig, RedisStorage};
+use serde::{Deserialize, Serialize};
+
+use crate::app::AppState;
+use crate::tenancy::sessions;
+
+/// Housekeeping that keeps tables and Redis small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Maintenance {
+    /// Delete browser sessions past their expiry.
+    PurgeExpiredSessions,
+}
+
+/// How often maintenance is scheduled.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("queue: {0}")]
+    Queue(String),
+    #[error("worker monitor: {0}")]
+    Monitor(String),
+}
+
+fn queue_config(state: &AppState, queue: &str) -> QueueConfig {
+    QueueConfig::default().queue(format!("{}:{queue}", state.kv.prefix()))
+}
+
+async fn maintenance_storage(state: &AppState) -> Result<RedisStorage<Maintenance>, JobError> {
+    let conn = state.kv.dedicated_connection().await?;
+    Ok(RedisStorage::new(conn).with_config(queue_config(state, "maintenance")))
+}
+
+/// Puts a maintenance job on its queue.
+pub async fn enqueue_maintenance(state: &AppState, job: Maintenance) -> Result<(), JobError> {
+    let mut storage = maintenance_storage(state).await?;
+    storage
+        .push(job)
+        .await
+        .map_err(|e| JobError::Queue(e.to_string()))
+}
+
+async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), BoxDynError> {
+    match job {
+        Maintenance::PurgeExpiredSessions => {
+            let purged = sessions::purge_expired(&state.db).await?;
+            tracing::info!(purged, "purged expired sessions");
+            metrics::counter!("ferry_sessions_purged_total").increment(purged);
+        }
+    }
+    Ok(())
+}
+
+/// Schedules maintenance every [`MAINTENANCE_EVERY`]. Every `work` process runs this loop; a
+/// Redis claim per time slot makes exactly one of them enqueue.
+async fn schedule_maintenance(state: AppState) {
+    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+    loop {
+        tick.tick().await;
+        let slot = chrono::Utc::now().timestamp() / MAINTENANCE_EVERY.as_secs() as i64;
+        match state
+            .kv
+            .claim(&format!("schedule:maintenance:{slot}"), MAINTENANCE_EVERY)
+            .await
+        {
+            Ok(true) => {
+                if let Err(err) =
+                    enqueue_maintenance(&state, Maintenance::PurgeExpiredSessions).await
+                {
+                    tracing::warn!(error = %err, "could not enqueue maintenance");
+                }
+            }
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "maintenance schedule: redis unavailable"),
+        }
+    }
+}
+
+/// Runs every worker until `shutdown` resolves; then running jobs finish (up to 30 s) and
+/// fetched-but-unstarted ones go back to their queue.
+pub async fn run(
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), JobError> {
+    let storage = maintenance_storage(&state).await?;
+    let scheduler = tokio::spawn(schedule_maintenance(state.clone()));
+    let worker_state = state.clone();
+    let monitor = Monitor::new()
+        .register(move |_run| {
+            WorkerBuilder::new("ferry-maintenance")
+                // Every push lands in the scheduled set; poll it often or jobs wait for the
+                // heartbeat (30 s).
+                .backend(
+                    storage
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(250)),
+                )
+                .data(worker_state.clone())
+                .build(run_maintenance)
+        })
+        .shutdown_timeout(Duration::from_secs(30));
+    let result = monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            Ok(())
+        })
+        .await
+        .map_err(|e| JobError::Monitor(e.to_string()));
+    scheduler.abort();
+    result
+}

@@ -1,0 +1,132 @@
+//! Redis: queues, locks and rate-limit buckets only. Nothing here is durable state; losing Redis
+//! loses no data (sessions, records and history live in Postgres).
+
+use std::time::Duration;
+
+use redis::AsyncCommands as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use secrecy::ExposeSecret;
+
+/// Handle to Redis with every key under one prefix; cheap to clone.
+#[derive(Clone)]
+pub struct Kv {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: String,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv").field("prefix", &self.prefix).finish()
+    }
+}
+
+/// The outcome of counting one event against a fixed-window limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowCount {
+    pub count: u64,
+    /// Time until the window resets.
+    pub resets_in: Duration,
+}
+
+impl Kv {
+    /// Connects lazily (the process starts while Redis is down) and reconnects by itself.
+    pub fn connect_lazy(url: &secrecy::SecretString, prefix: &str) -> redis::RedisResult<Kv> {
+        let client = redis::Client::open(url.expose_secret())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Kv {
+            conn,
+            client,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// The full key for a name, under this deployment's prefix.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A fresh connection for components that manage their own (the job queues).
+    pub async fn dedicated_connection(&self) -> redis::RedisResult<ConnectionManager> {
+        ConnectionManager::new(self.client.clone()).await
+    }
+
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Counts one event in the fixed window `name` (created with `window` on first use).
+    pub async fn count_in_window(
+        &self,
+        name: &str,
+        window: Duration,
+    ) -> redis::RedisResult<WindowCount> {
+        let script = redis::Script::new(
+            r"
+            local n = redis.call('INCR', KEYS[1])
+            if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+            local ttl = redis.call('PTTL', KEYS[1])
+            if ttl < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
+            return {n, ttl}
+            ",
+        );
+        let mut conn = self.conn.clone();
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let (count, ttl_ms): (u64, i64) = script
+            .key(self.key(name))
+            .arg(window_ms)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(WindowCount {
+            count,
+            resets_in: Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
+        })
+    }
+
+    /// Reads a window's count without adding to it.
+    pub async fn peek_window(&self, name: &str) -> redis::RedisResult<WindowCount> {
+        let mut conn = self.conn.clone();
+        let key = self.key(name);
+        let (count, ttl_ms): (Option<u64>, i64) = redis::pipe()
+            .get(&key)
+            .pttl(&key)
+            .query_async(&mut conn)
+            .await?;
+        Ok(WindowCount {
+            count: count.unwrap_or(0),
+            resets_in: Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0)),
+        })
+    }
+
+    pub async fn delete(&self, name: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.del(self.key(name)).await?;
+        Ok(())
+    }
+
+    /// Takes `name` for `ttl` if nobody holds it; true when this call took it.
+    pub async fn claim(&self, name: &str, ttl: Duration) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key(name))
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.is_some())
+    }
+}
