@@ -182,7 +182,12 @@ async fn run(cli: Cli) -> ExitCode {
                 }
                 Err(StartError::App(ferry::error::Error::Validation(errors))) => {
                     for e in errors {
-                        eprintln!("ferry: --{}: {}", e.field.replace('_', "-"), e.message);
+                        // Sign-up's field names, as the flags of this command call them.
+                        let flag = match e.field.as_str() {
+                            "tenant_name" => "name",
+                            other => other,
+                        };
+                        eprintln!("ferry: --{flag}: {}", e.message);
                     }
                     ExitCode::from(2)
                 }

@@ -1,0 +1,14 @@
+//! All integration tests in one binary (one link step). Each test gets its own database, Redis
+//! prefix and server; run with `cargo test` (Postgres and Redis on the standard ports).
+
+mod helpers;
+
+mod api_keys;
+mod auth;
+mod cli;
+mod csrf;
+mod health;
+mod isolation;
+mod jobs;
+mod rls;
+mod roles;
