@@ -53,7 +53,15 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(crate::web::router(&state))
-        .nest("/v1", crate::tenancy::api::router())
+        .nest(
+            "/v1",
+            crate::tenancy::api::router()
+                .merge(crate::records::router())
+                .route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    crate::tenancy::api_keys::guard,
+                )),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -107,6 +107,10 @@ pub struct Config {
     pub log_filter: String,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded_for: bool,
+    /// REST API requests per second per tenant (token bucket refill rate).
+    pub api_rate_per_second: u32,
+    /// REST API burst per tenant (token bucket capacity).
+    pub api_burst: u32,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferry";
@@ -257,6 +261,20 @@ impl Config {
             }
         };
 
+        let positive = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(text) => text.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or(
+                    ConfigError::Malformed {
+                        var,
+                        expected: "expected a whole number above 0".into(),
+                    },
+                ),
+            }
+        };
+        let api_rate_per_second = positive("FERRY_API_RATE_LIMIT", 100)?;
+        let api_burst = positive("FERRY_API_BURST", 200)?;
+
         Ok(Config {
             environment,
             database_url: database_url.into(),
@@ -269,6 +287,8 @@ impl Config {
             log_format,
             log_filter,
             trust_forwarded_for,
+            api_rate_per_second,
+            api_burst,
         })
     }
 
@@ -373,13 +393,15 @@ mod tests {
         let cases = [
             ("FERRY_BIND", "not-an-address"),
             ("DATABASE_URL", "mysql://x"),
-            ("REDIS_URL", "127.0.0.1:6379"),
+            ("REDIS_URL", "cache.internal:6379"),
             ("FERRY_PUBLIC_URL", "ftp://x"),
             ("FERRY_SECRET_KEY", "c2hvcnQ="),
             ("FERRY_ENV", "staging"),
             ("FERRY_LOG_FORMAT", "xml"),
             ("FERRY_REDIS_PREFIX", "a b"),
             ("FERRY_TRUST_FORWARDED_FOR", "maybe"),
+            ("FERRY_API_RATE_LIMIT", "-5"),
+            ("FERRY_API_BURST", "lots"),
         ];
         for (var, value) in cases {
             let mut vars = vec![("FERRY_SECRET_KEY", KEY)];

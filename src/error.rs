@@ -45,6 +45,14 @@ pub enum Error {
     Conflict(String),
     #[error("too many requests")]
     RateLimited { retry_after: Duration },
+    #[error("precondition failed: current version is {current_version}")]
+    PreconditionFailed { current_version: i64 },
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyInProgress,
+    #[error("this idempotency key was used for a different request")]
+    IdempotencyMismatch,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     #[error("dependency unavailable: {0}")]
     Unavailable(&'static str),
     #[error("database error")]
@@ -72,6 +80,9 @@ pub struct Problem {
     pub detail: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// With `precondition-failed`: the record's current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<i64>,
 }
 
 /// Stable problem type URIs; documented in the README.
@@ -89,6 +100,10 @@ impl Error {
             Error::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            Error::IdempotencyInProgress => StatusCode::CONFLICT,
+            Error::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Database(_)
             | Error::Redis(_)
@@ -144,6 +159,40 @@ impl Error {
                 )),
                 vec![],
             ),
+            Error::PreconditionFailed { current_version } => (
+                "precondition-failed",
+                "Precondition failed",
+                Some(format!(
+                    "The record changed since you read it; its current version is {current_version} \
+                     (ETag \"v{current_version}\"). Fetch it again and retry."
+                )),
+                vec![],
+            ),
+            Error::IdempotencyInProgress => (
+                "idempotency-in-progress",
+                "Request in progress",
+                Some(
+                    "A request with this Idempotency-Key is still being processed; retry shortly."
+                        .to_string(),
+                ),
+                vec![],
+            ),
+            Error::IdempotencyMismatch => (
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                Some(
+                    "This Idempotency-Key was used with a different method, path or body; use a \
+                     new key for a new request."
+                        .to_string(),
+                ),
+                vec![],
+            ),
+            Error::UnsupportedMediaType => (
+                "unsupported-media-type",
+                "Unsupported media type",
+                Some("Send JSON (application/json or application/merge-patch+json).".to_string()),
+                vec![],
+            ),
             Error::Unavailable(what) => (
                 "unavailable",
                 "Service unavailable",
@@ -158,6 +207,10 @@ impl Error {
             status: self.status().as_u16(),
             detail,
             errors,
+            current_version: match self {
+                Error::PreconditionFailed { current_version } => Some(*current_version),
+                _ => None,
+            },
         }
     }
 
@@ -194,6 +247,11 @@ impl IntoResponse for Error {
                 if let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
                 {
                     headers.insert(header::RETRY_AFTER, value);
+                }
+            }
+            Error::PreconditionFailed { current_version } => {
+                if let Ok(value) = HeaderValue::from_str(&format!("\"v{current_version}\"")) {
+                    headers.insert(header::ETAG, value);
                 }
             }
             _ => {}

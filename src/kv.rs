@@ -129,4 +129,58 @@ impl Kv {
             .await?;
         Ok(taken.is_some())
     }
+
+    /// Takes one token from the bucket `name` (capacity `burst`, refilled at `per_second`), using
+    /// Redis's clock so every process agrees. Returns whether the call may proceed, the tokens
+    /// left, and how long until the next token when it may not.
+    pub async fn take_token(
+        &self,
+        name: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> redis::RedisResult<TokenBucket> {
+        let script = redis::Script::new(
+            r"
+            local cap = tonumber(ARGV[1])
+            local rate = tonumber(ARGV[2])
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+            local tokens = tonumber(state[1]) or cap
+            local at = tonumber(state[2]) or now
+            tokens = math.min(cap, tokens + math.max(0, now - at) * rate / 1000)
+            local allowed = 0
+            local wait = 0
+            if tokens >= 1 then
+                tokens = tokens - 1
+                allowed = 1
+            else
+                wait = math.ceil((1 - tokens) * 1000 / rate)
+            end
+            redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+            redis.call('PEXPIRE', KEYS[1], math.ceil(cap * 1000 / rate) + 1000)
+            return {allowed, wait, math.floor(tokens)}
+            ",
+        );
+        let mut conn = self.conn.clone();
+        let (allowed, wait_ms, remaining): (i64, i64, i64) = script
+            .key(self.key(name))
+            .arg(burst.max(1))
+            .arg(per_second.max(1))
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(TokenBucket {
+            allowed: allowed == 1,
+            remaining: u64::try_from(remaining).unwrap_or(0),
+            retry_after: Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)),
+        })
+    }
+}
+
+/// The outcome of [`Kv::take_token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub allowed: bool,
+    pub remaining: u64,
+    pub retry_after: Duration,
 }

@@ -11,6 +11,7 @@ use apalis_redis::{Config as QueueConfig, RedisStorage};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::records::idempotency;
 use crate::tenancy::sessions;
 
 /// Housekeeping that keeps tables and Redis small.
@@ -18,6 +19,8 @@ use crate::tenancy::sessions;
 pub enum Maintenance {
     /// Delete browser sessions past their expiry.
     PurgeExpiredSessions,
+    /// Delete API idempotency keys past their 24 hours.
+    PurgeExpiredIdempotencyKeys,
 }
 
 /// How often maintenance is scheduled.
@@ -58,6 +61,11 @@ async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), 
             tracing::info!(purged, "purged expired sessions");
             metrics::counter!("ferry_sessions_purged_total").increment(purged);
         }
+        Maintenance::PurgeExpiredIdempotencyKeys => {
+            let purged = idempotency::purge_expired(&state.db).await?;
+            tracing::info!(purged, "purged expired idempotency keys");
+            metrics::counter!("ferry_idempotency_keys_purged_total").increment(purged);
+        }
     }
     Ok(())
 }
@@ -75,10 +83,13 @@ async fn schedule_maintenance(state: AppState) {
             .await
         {
             Ok(true) => {
-                if let Err(err) =
-                    enqueue_maintenance(&state, Maintenance::PurgeExpiredSessions).await
-                {
-                    tracing::warn!(error = %err, "could not enqueue maintenance");
+                for job in [
+                    Maintenance::PurgeExpiredSessions,
+                    Maintenance::PurgeExpiredIdempotencyKeys,
+                ] {
+                    if let Err(err) = enqueue_maintenance(&state, job).await {
+                        tracing::warn!(error = %err, ?job, "could not enqueue maintenance");
+                    }
                 }
             }
             Ok(false) => {}

@@ -3,9 +3,12 @@
 //! A key looks like `ferry_k3j9x0q2_<40 random characters>`. The part before the second `_` is
 //! the prefix shown in the UI; the whole key is the secret.
 
-use axum::extract::{FromRef, FromRequestParts};
+use axum::extract::{FromRef, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
@@ -221,19 +224,64 @@ where
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let state = AppState::from_ref(state);
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(Error::Unauthenticated)?;
-        let (scheme, token) = header.split_once(' ').ok_or(Error::Unauthenticated)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(Error::Unauthenticated);
+        // Usually [`guard`] has authenticated the request already.
+        if let Some(principal) = parts.extensions.get::<ApiPrincipal>() {
+            return Ok(principal.clone());
         }
-        let secret = SecretString::from(token.trim().to_string());
-        authenticate(&state.db, &secret)
-            .await?
-            .ok_or(Error::Unauthenticated)
+        let state = AppState::from_ref(state);
+        from_headers(&state, &parts.headers).await
     }
+}
+
+async fn from_headers(state: &AppState, headers: &HeaderMap) -> Result<ApiPrincipal, Error> {
+    let header = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(Error::Unauthenticated)?;
+    let (scheme, token) = header.split_once(' ').ok_or(Error::Unauthenticated)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Error::Unauthenticated);
+    }
+    let secret = SecretString::from(token.trim().to_string());
+    authenticate(&state.db, &secret)
+        .await?
+        .ok_or(Error::Unauthenticated)
+}
+
+/// Authenticates every `/v1` request and applies the tenant's rate limit (a token bucket in Redis
+/// shared by all `serve` processes). If Redis is unreachable the limit is not enforced: the API
+/// stays up, and the outage is logged.
+pub async fn guard(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, Error> {
+    let principal = from_headers(&state, request.headers()).await?;
+    let (rate, burst) = (state.config.api_rate_per_second, state.config.api_burst);
+    let bucket = match state
+        .kv
+        .take_token(&format!("rl:api:{}", principal.tenant_id), rate, burst)
+        .await
+    {
+        Ok(bucket) => Some(bucket),
+        Err(err) => {
+            tracing::warn!(error = %err, "API rate limit not enforced: redis unavailable");
+            None
+        }
+    };
+    if let Some(bucket) = bucket
+        && !bucket.allowed
+    {
+        return Err(Error::RateLimited {
+            retry_after: bucket.retry_after.max(std::time::Duration::from_secs(1)),
+        });
+    }
+    request.extensions_mut().insert(principal);
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit", HeaderValue::from(burst));
+    if let Some(bucket) = bucket {
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(bucket.remaining));
+    }
+    Ok(response)
 }

@@ -5,10 +5,12 @@ mod helpers;
 
 mod api_keys;
 mod auth;
+mod browser;
 mod cli;
 mod csrf;
 mod health;
 mod isolation;
 mod jobs;
+mod records;
 mod rls;
 mod roles;
