@@ -55,13 +55,13 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::web::router(&state))
         .nest(
             "/v1",
-            crate::tenancy::api::router()
-                .merge(crate::records::router())
-                .route_layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    crate::tenancy::api_keys::guard,
-                )),
+            crate::openapi::v1_router().route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::tenancy::api_keys::guard,
+            )),
         )
+        .route("/openapi.json", get(crate::openapi::serve_document))
+        .route("/docs", get(crate::openapi::serve_docs))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

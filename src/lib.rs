@@ -7,6 +7,7 @@ pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod kv;
+pub mod openapi;
 pub mod records;
 pub mod telemetry;
 pub mod tenancy;

@@ -2,6 +2,7 @@
 //! outbox, and pushes from custom connectors.
 
 pub mod api;
+pub mod docs;
 pub mod fields;
 pub mod idempotency;
 pub mod internal_sync;
@@ -10,11 +11,6 @@ pub mod outbox;
 pub mod service;
 pub mod stages;
 pub mod store;
-
-use axum::Router;
-use axum::routing::{get, post};
-
-use crate::app::AppState;
 
 /// The kinds of canonical record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,32 +43,4 @@ impl Kind {
     pub fn parse(text: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.as_str() == text)
     }
-}
-
-fn routes<C: api::Collection>(router: Router<AppState>) -> Router<AppState> {
-    let base = format!("/{}", C::KIND.plural());
-    let item = format!("{base}/{{id}}");
-    router
-        .route(&base, get(api::list::<C>).post(api::create::<C>))
-        .route(
-            &item,
-            get(api::show::<C>)
-                .put(api::replace::<C>)
-                .patch(api::patch::<C>)
-                .delete(api::delete::<C>),
-        )
-}
-
-/// `/v1` routes of this feature (nested under `/v1` by the app).
-pub fn router() -> Router<AppState> {
-    let router = Router::new();
-    let router = routes::<api::Contacts>(router);
-    let router = routes::<api::Deals>(router);
-    let router = routes::<api::Tasks>(router);
-    router
-        .route(
-            "/deal-stages",
-            get(api::stages_index).put(api::stages_replace),
-        )
-        .route("/internal/sync", post(api::internal_sync))
 }

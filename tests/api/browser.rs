@@ -162,6 +162,18 @@ async fn a_new_user_signs_up_adds_a_user_creates_a_key_and_reads_the_audit_log()
     let url = web.client.current_url().await.expect("url");
     assert_eq!(url.path(), "/audit");
     assert_eq!(url.query(), Some("action=user.&actor="), "{url}");
+    // Leaving the field fires its `change` trigger once more. Let that request finish before
+    // logging out: a page request still in flight when logout deletes the session saves the
+    // session again when it completes and sets its cookie anew (the next form then fails its
+    // CSRF check).
+    web.click("h1").await;
+    web.wait_until("the filter's last request to finish", async || {
+        let busy = web
+            .js("return document.querySelector('.htmx-request') !== null;")
+            .await;
+        (busy == json!(false)).then_some(())
+    })
+    .await;
 
     // Log out, then in again as the operator.
     web.click(".user-menu button[type='submit']").await;
@@ -416,7 +428,7 @@ struct Web {
 impl Web {
     async fn open(app: &TestApp) -> Web {
         let driver = Driver::start().await;
-        let args = vec![
+        let mut args = vec![
             "--headless".to_string(),
             "--no-sandbox".to_string(),
             "--disable-gpu".to_string(),
@@ -430,6 +442,9 @@ impl Web {
             format!("--user-data-dir={}", driver.profile.display()),
             format!("--window-size={WIDTH},{HEIGHT}"),
         ];
+        if std::env::var_os("FERRY_SCRATCH_DARK").is_some() {
+            args.push("--force-dark-mode".into());
+        } // SCRATCH-LINE
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(
@@ -482,7 +497,20 @@ impl Web {
                     .await
                     .map(|u| u.to_string())
                     .unwrap_or_default();
-                panic!("waited {WAIT:?} for {what}; the browser is at {url}");
+                let shown = self
+                    .client
+                    .execute(
+                        "return document.body ? document.body.innerText : '';",
+                        vec![],
+                    )
+                    .await
+                    .ok()
+                    .and_then(|text| text.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                panic!(
+                    "waited {WAIT:?} for {what}; the browser is at {url}, showing:\n{}",
+                    shown.chars().take(2000).collect::<String>()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

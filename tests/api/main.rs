@@ -11,6 +11,8 @@ mod csrf;
 mod health;
 mod isolation;
 mod jobs;
+mod openapi;
+mod readme;
 mod records;
 mod rls;
 mod roles;
