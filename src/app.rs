@@ -20,6 +20,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::connections::vault::Vault;
+use crate::connectors::Registry;
 use crate::db::Db;
 use crate::kv::Kv;
 use crate::telemetry::{self, REQUEST_ID};
@@ -31,6 +33,12 @@ pub struct AppState {
     pub kv: Kv,
     pub config: Arc<Config>,
     pub metrics: PrometheusHandle,
+    /// The one outbound HTTP client (CRM calls, OAuth).
+    pub http: reqwest::Client,
+    /// CRM providers offered by this deployment.
+    pub providers: Registry,
+    /// Seals and opens OAuth tokens.
+    pub vault: Arc<Vault>,
 }
 
 impl AppState {
@@ -40,11 +48,17 @@ impl AppState {
         let db = Db::connect_lazy(&config.database_url).map_err(crate::StartError::Database)?;
         let kv = Kv::connect_lazy(&config.redis_url, &config.redis_prefix)
             .map_err(crate::StartError::Redis)?;
+        let http = crate::connectors::http::client();
+        let providers = Registry::from_config(&config, &http);
+        let vault = Arc::new(Vault::new(&config.secret_key, &config.previous_keys));
         Ok(AppState {
             db,
             kv,
             config: Arc::new(config),
             metrics: telemetry::metrics_handle(),
+            http,
+            providers,
+            vault,
         })
     }
 }

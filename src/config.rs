@@ -91,6 +91,22 @@ pub enum KeySource {
     Generated(PathBuf),
 }
 
+/// One OAuth app at HubSpot (or at the sandbox, which speaks HubSpot's API).
+#[derive(Debug, Clone)]
+pub struct HubSpotApp {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    /// Where browsers go to authorise (`https://app.hubspot.com`).
+    pub auth_url: Url,
+    /// Token, introspection and CRM calls (`https://api.hubapi.com`).
+    pub api_url: Url,
+}
+
+/// The demo app the sandbox CRM knows when `FERRY_SANDBOX_CLIENT_ID`/`_SECRET` are unset.
+pub const SANDBOX_CLIENT_ID: &str = "ferry-sandbox-client";
+pub const SANDBOX_CLIENT_SECRET: &str = "ferry-sandbox-secret-change-me";
+pub const DEFAULT_SANDBOX_URL: &str = "http://127.0.0.1:8081";
+
 /// Everything Ferry's processes need, validated.
 #[derive(Debug)]
 pub struct Config {
@@ -111,6 +127,14 @@ pub struct Config {
     pub api_rate_per_second: u32,
     /// REST API burst per tenant (token bucket capacity).
     pub api_burst: u32,
+    /// Earlier secret keys, still accepted to open sealed tokens (key rotation).
+    pub previous_keys: Vec<SecretKey>,
+    /// The real HubSpot app, when `HUBSPOT_CLIENT_ID` and `HUBSPOT_CLIENT_SECRET` are set.
+    pub hubspot: Option<HubSpotApp>,
+    /// "HubSpot (sandbox)": always in development, in production only with `FERRY_SANDBOX_URL`.
+    pub hubspot_sandbox: Option<HubSpotApp>,
+    /// Whether two tenants may connect the same CRM account.
+    pub allow_shared_accounts: bool,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferry";
@@ -275,6 +299,77 @@ impl Config {
         let api_rate_per_second = positive("FERRY_API_RATE_LIMIT", 100)?;
         let api_burst = positive("FERRY_API_BURST", 200)?;
 
+        let previous_keys = match get("FERRY_PREVIOUS_SECRET_KEYS") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(|k| SecretKey::from_base64(k.trim()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(ConfigError::Malformed {
+                    var: "FERRY_PREVIOUS_SECRET_KEYS",
+                    expected: "expected a comma-separated list of 32-byte base64 keys".into(),
+                })?,
+        };
+
+        let http_url = |var: &'static str, default: &str| -> Result<Url, ConfigError> {
+            let text = get(var).unwrap_or_else(|| default.to_string());
+            Url::parse(text.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or(ConfigError::Malformed {
+                    var,
+                    expected: format!("expected an http(s) URL such as {default}"),
+                })
+        };
+        let hubspot = match (get("HUBSPOT_CLIENT_ID"), get("HUBSPOT_CLIENT_SECRET")) {
+            (Some(id), Some(secret)) => Some(HubSpotApp {
+                client_id: id.trim().to_string(),
+                client_secret: secret.trim().to_string().into(),
+                auth_url: http_url("HUBSPOT_AUTH_URL", "https://app.hubspot.com")?,
+                api_url: http_url("HUBSPOT_API_URL", "https://api.hubapi.com")?,
+            }),
+            (Some(_), None) => {
+                return Err(ConfigError::Missing {
+                    var: "HUBSPOT_CLIENT_SECRET",
+                    expected: "HUBSPOT_CLIENT_ID is set, so the app's client secret is needed too"
+                        .into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Missing {
+                    var: "HUBSPOT_CLIENT_ID",
+                    expected: "HUBSPOT_CLIENT_SECRET is set, so the app's client id is needed too"
+                        .into(),
+                });
+            }
+            (None, None) => None,
+        };
+        let hubspot_sandbox =
+            if environment == Environment::Development || get("FERRY_SANDBOX_URL").is_some() {
+                let url = http_url("FERRY_SANDBOX_URL", DEFAULT_SANDBOX_URL)?;
+                Some(HubSpotApp {
+                    client_id: get("FERRY_SANDBOX_CLIENT_ID")
+                        .unwrap_or_else(|| SANDBOX_CLIENT_ID.to_string()),
+                    client_secret: get("FERRY_SANDBOX_CLIENT_SECRET")
+                        .unwrap_or_else(|| SANDBOX_CLIENT_SECRET.to_string())
+                        .into(),
+                    auth_url: url.clone(),
+                    api_url: url,
+                })
+            } else {
+                None
+            };
+        let allow_shared_accounts = match get("FERRY_ALLOW_SHARED_ACCOUNTS").as_deref() {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(_) => {
+                return Err(ConfigError::Malformed {
+                    var: "FERRY_ALLOW_SHARED_ACCOUNTS",
+                    expected: "expected `true` or `false`".into(),
+                });
+            }
+        };
+
         Ok(Config {
             environment,
             database_url: database_url.into(),
@@ -289,6 +384,10 @@ impl Config {
             trust_forwarded_for,
             api_rate_per_second,
             api_burst,
+            previous_keys,
+            hubspot,
+            hubspot_sandbox,
+            allow_shared_accounts,
         })
     }
 
@@ -402,6 +501,9 @@ mod tests {
             ("FERRY_TRUST_FORWARDED_FOR", "maybe"),
             ("FERRY_API_RATE_LIMIT", "-5"),
             ("FERRY_API_BURST", "lots"),
+            ("FERRY_PREVIOUS_SECRET_KEYS", "nope"),
+            ("FERRY_SANDBOX_URL", "not a url"),
+            ("FERRY_ALLOW_SHARED_ACCOUNTS", "sometimes"),
         ];
         for (var, value) in cases {
             let mut vars = vec![("FERRY_SECRET_KEY", KEY)];
@@ -415,6 +517,40 @@ mod tests {
                 "echoes value: {err}"
             );
         }
+    }
+
+    #[test]
+    fn hubspot_needs_both_credentials_and_sandbox_is_development_only() {
+        let cfg = config(&[("FERRY_SECRET_KEY", KEY)]).expect("valid");
+        assert!(cfg.hubspot.is_none());
+        let sandbox = cfg.hubspot_sandbox.expect("sandbox in development");
+        assert_eq!(sandbox.api_url.as_str(), "http://127.0.0.1:8081/");
+        let err =
+            config(&[("FERRY_SECRET_KEY", KEY), ("HUBSPOT_CLIENT_ID", "abc")]).expect_err("half");
+        assert_eq!(err.var(), "HUBSPOT_CLIENT_SECRET");
+        let err = config(&[
+            ("FERRY_SECRET_KEY", KEY),
+            ("HUBSPOT_CLIENT_ID", "abc"),
+            ("HUBSPOT_CLIENT_SECRET", "def"),
+            ("HUBSPOT_API_URL", "ftp://x"),
+        ])
+        .expect_err("bad url");
+        assert_eq!(err.var(), "HUBSPOT_API_URL");
+        let cfg = config(&[
+            ("FERRY_ENV", "production"),
+            ("FERRY_SECRET_KEY", KEY),
+            ("FERRY_PUBLIC_URL", "https://ferry.example.com"),
+            ("HUBSPOT_CLIENT_ID", "abc"),
+            ("HUBSPOT_CLIENT_SECRET", "def"),
+        ])
+        .expect("valid");
+        let app = cfg.hubspot.expect("hubspot");
+        assert_eq!(app.api_url.as_str(), "https://api.hubapi.com/");
+        assert_eq!(app.auth_url.as_str(), "https://app.hubspot.com/");
+        assert!(
+            cfg.hubspot_sandbox.is_none(),
+            "no sandbox in production unless configured"
+        );
     }
 
     #[test]

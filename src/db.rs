@@ -100,3 +100,17 @@ impl DerefMut for TenantTx {
         &mut self.tx
     }
 }
+
+/// Takes a transaction-scoped advisory lock named by `key` (hashed to 64 bits): concurrent
+/// transactions using the same key run one after the other.
+pub async fn advisory_lock(tx: &mut TenantTx, key: &str) -> Result<(), sqlx::Error> {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    let lock = i64::from_be_bytes(bytes);
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -55,6 +55,12 @@ impl Kv {
         &self.prefix
     }
 
+    /// The shared, multiplexed connection (cheap to clone) for components that run their own
+    /// scripts, such as the CRM rate limiter.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     /// A fresh connection for components that manage their own (the job queues).
     pub async fn dedicated_connection(&self) -> redis::RedisResult<ConnectionManager> {
         ConnectionManager::new(self.client.clone()).await
@@ -128,6 +134,49 @@ impl Kv {
             .query_async(&mut conn)
             .await?;
         Ok(taken.is_some())
+    }
+
+    /// Takes the lock `name` for `ttl` if it is free; returns the holder's token to unlock with.
+    pub async fn try_lock(&self, name: &str, ttl: Duration) -> redis::RedisResult<Option<String>> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut conn = self.conn.clone();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(self.key(name))
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .query_async(&mut conn)
+            .await?;
+        Ok(taken.map(|_| token))
+    }
+
+    /// Releases a lock, only if `token` still holds it (a lock that expired and was taken by
+    /// someone else is left alone).
+    pub async fn unlock(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        let script = redis::Script::new(
+            r"
+            if redis.call('GET', KEYS[1]) == ARGV[1] then
+                return redis.call('DEL', KEYS[1])
+            end
+            return 0
+            ",
+        );
+        let mut conn = self.conn.clone();
+        let _: i64 = script
+            .key(self.key(name))
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether anyone holds the lock `name`.
+    pub async fn is_locked(&self, name: &str) -> redis::RedisResult<bool> {
+        let mut conn = self.conn.clone();
+        let exists: i64 = conn.exists(self.key(name)).await?;
+        Ok(exists > 0)
     }
 
     /// Takes one token from the bucket `name` (capacity `burst`, refilled at `per_second`), using

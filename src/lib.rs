@@ -3,12 +3,15 @@
 
 pub mod app;
 pub mod config;
+pub mod connections;
+pub mod connectors;
 pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod kv;
 pub mod openapi;
 pub mod records;
+pub mod sandbox;
 pub mod telemetry;
 pub mod tenancy;
 pub mod web;
@@ -155,6 +158,14 @@ pub async fn provision_tenant(
         created,
         api_key: key.secret,
     })
+}
+
+/// `ferry rotate-key`: re-seals stored tokens under the current `FERRY_SECRET_KEY`.
+pub async fn rotate_key(config: &Config) -> Result<connections::Rotation, StartError> {
+    let db = db::Db::connect_lazy(&config.database_url).map_err(StartError::Database)?;
+    db.migrate().await?;
+    let vault = connections::vault::Vault::new(&config.secret_key, &config.previous_keys);
+    Ok(connections::rotate_key(&db, &vault).await?)
 }
 
 /// `ferry migrate`.

@@ -40,10 +40,17 @@ enum Command {
     Migrate,
     /// Create (or reuse) the demo tenant and its owner; print the login and a fresh API key.
     Demo,
+    /// Re-encrypt stored tokens under FERRY_SECRET_KEY (old keys in FERRY_PREVIOUS_SECRET_KEYS).
+    RotateKey,
     /// Manage tenants from scripts.
     Tenant {
         #[command(subcommand)]
         command: TenantCommand,
+    },
+    /// The HubSpot-compatible sandbox CRM on its own port (in memory; see docs/sandbox.md).
+    Sandbox {
+        #[command(flatten)]
+        args: ferry::sandbox::SandboxArgs,
     },
 }
 
@@ -115,6 +122,17 @@ async fn run(cli: Cli) -> ExitCode {
         migrate: !no_migrate,
     };
     match cli.command {
+        Command::Sandbox { args } => match ferry::sandbox::run_from_env(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err @ ferry::sandbox::SandboxError::Config(_)) => {
+                eprintln!("ferry: {err}");
+                ExitCode::from(2)
+            }
+            Err(err) => {
+                eprintln!("ferry: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve { no_migrate } => serve(parts(true, false, no_migrate)).await,
         Command::Work { no_migrate } => serve(parts(false, true, no_migrate)).await,
         Command::All { no_migrate } => serve(parts(true, true, no_migrate)).await,
@@ -123,6 +141,22 @@ async fn run(cli: Cli) -> ExitCode {
             let url = std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| ferry::config::DEFAULT_DATABASE_URL.to_string());
             report(ferry::migrate(&SecretString::from(url)).await)
+        }
+        Command::RotateKey => {
+            let config = match load_config() {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            match ferry::rotate_key(&config).await {
+                Ok(done) => {
+                    println!(
+                        "Re-encrypted {} connection(s); {} already used the current key; {} changed meanwhile (already current).",
+                        done.resealed, done.already_current, done.skipped
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(err) => report(Err(err)),
+            }
         }
         Command::Demo => {
             let config = match load_config() {

@@ -11,6 +11,7 @@ use apalis_redis::{Config as QueueConfig, RedisStorage};
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
+use crate::connections;
 use crate::records::idempotency;
 use crate::tenancy::sessions;
 
@@ -21,6 +22,8 @@ pub enum Maintenance {
     PurgeExpiredSessions,
     /// Delete API idempotency keys past their 24 hours.
     PurgeExpiredIdempotencyKeys,
+    /// Refresh OAuth tokens that expire soon, well before anyone needs them.
+    RefreshExpiringTokens,
 }
 
 /// How often maintenance is scheduled.
@@ -61,6 +64,12 @@ async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), 
             tracing::info!(purged, "purged expired sessions");
             metrics::counter!("ferry_sessions_purged_total").increment(purged);
         }
+        Maintenance::RefreshExpiringTokens => {
+            let refreshed = connections::tokens::refresh_expiring(&state).await?;
+            if refreshed > 0 {
+                tracing::info!(refreshed, "refreshed expiring tokens");
+            }
+        }
         Maintenance::PurgeExpiredIdempotencyKeys => {
             let purged = idempotency::purge_expired(&state.db).await?;
             tracing::info!(purged, "purged expired idempotency keys");
@@ -70,30 +79,35 @@ async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), 
     Ok(())
 }
 
-/// Schedules maintenance every [`MAINTENANCE_EVERY`]. Every `work` process runs this loop; a
-/// Redis claim per time slot makes exactly one of them enqueue.
-async fn schedule_maintenance(state: AppState) {
-    let mut tick = tokio::time::interval(MAINTENANCE_EVERY);
+/// How often token refresh is scheduled.
+pub const TOKEN_REFRESH_EVERY: Duration = Duration::from_secs(60);
+
+/// Enqueues `jobs` every `every`. Every `work` process runs this loop; a Redis claim per time
+/// slot makes exactly one of them enqueue.
+async fn schedule(
+    state: AppState,
+    name: &'static str,
+    every: Duration,
+    jobs: &'static [Maintenance],
+) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
-        let slot = chrono::Utc::now().timestamp() / MAINTENANCE_EVERY.as_secs() as i64;
+        let slot = chrono::Utc::now().timestamp() / every.as_secs().max(1) as i64;
         match state
             .kv
-            .claim(&format!("schedule:maintenance:{slot}"), MAINTENANCE_EVERY)
+            .claim(&format!("schedule:{name}:{slot}"), every)
             .await
         {
             Ok(true) => {
-                for job in [
-                    Maintenance::PurgeExpiredSessions,
-                    Maintenance::PurgeExpiredIdempotencyKeys,
-                ] {
-                    if let Err(err) = enqueue_maintenance(&state, job).await {
-                        tracing::warn!(error = %err, ?job, "could not enqueue maintenance");
+                for job in jobs {
+                    if let Err(err) = enqueue_maintenance(&state, *job).await {
+                        tracing::warn!(error = %err, ?job, "could not enqueue scheduled job");
                     }
                 }
             }
             Ok(false) => {}
-            Err(err) => tracing::warn!(error = %err, "maintenance schedule: redis unavailable"),
+            Err(err) => tracing::warn!(error = %err, name, "schedule: redis unavailable"),
         }
     }
 }
@@ -105,7 +119,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), JobError> {
     let storage = maintenance_storage(&state).await?;
-    let scheduler = tokio::spawn(schedule_maintenance(state.clone()));
+    let schedulers = [
+        tokio::spawn(schedule(
+            state.clone(),
+            "maintenance",
+            MAINTENANCE_EVERY,
+            &[
+                Maintenance::PurgeExpiredSessions,
+                Maintenance::PurgeExpiredIdempotencyKeys,
+            ],
+        )),
+        tokio::spawn(schedule(
+            state.clone(),
+            "token-refresh",
+            TOKEN_REFRESH_EVERY,
+            &[Maintenance::RefreshExpiringTokens],
+        )),
+    ];
     let worker_state = state.clone();
     let monitor = Monitor::new()
         .register(move |_run| {
@@ -128,6 +158,8 @@ pub async fn run(
         })
         .await
         .map_err(|e| JobError::Monitor(e.to_string()));
-    scheduler.abort();
+    for scheduler in schedulers {
+        scheduler.abort();
+    }
     result
 }

@@ -88,17 +88,10 @@ pub async fn primary_keys(
 }
 
 /// Serialises work on one external id (two concurrent upserts of `hubspot:contact:1` must not
-/// both create a record): a transaction-scoped advisory lock on a hash of tenant and key.
+/// both create a record): a transaction-scoped advisory lock on tenant and key.
 pub async fn lock_key(tx: &mut TenantTx, key: &str) -> Result<(), Error> {
-    use sha2::{Digest, Sha256};
     let tenant = tx.tenant_id();
-    let digest = Sha256::digest(format!("{tenant}:{key}").as_bytes());
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&digest[..8]);
-    let lock = i64::from_be_bytes(bytes);
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
-        .execute(&mut **tx)
-        .await?;
+    crate::db::advisory_lock(tx, &format!("link:{tenant}:{key}")).await?;
     Ok(())
 }
 

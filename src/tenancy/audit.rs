@@ -214,7 +214,7 @@ pub async fn list(
         .map(|a| format!("%{}%", a.replace('%', "\\%").replace('_', "\\_")));
     let rows = sqlx::query!(
         r#"SELECT id, occurred_at, actor_type, actor_label, action, target_type, target_id,
-                  ip::text AS ip, before, after
+                  host(ip) AS ip, before, after
            FROM audit_log
            WHERE tenant_id = $1
              AND ($2::text IS NULL OR action = $2)

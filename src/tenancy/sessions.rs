@@ -57,13 +57,15 @@ impl SessionStore for PgSessionStore {
         }
     }
 
+    /// Updates an existing session only. New sessions come through `create`; a session deleted
+    /// meanwhile (logout, purge) must stay deleted, even when a request that loaded it before the
+    /// logout finishes afterwards and saves.
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let data = serde_json::to_value(&record.data)
             .map_err(|e| session_store::Error::Encode(e.to_string()))?;
         // CROSS-TENANT: sessions are not tenant-owned.
         sqlx::query!(
-            "INSERT INTO sessions (id, data, expiry_date) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET data = excluded.data, expiry_date = excluded.expiry_date",
+            "UPDATE sessions SET data = $2, expiry_date = $3 WHERE id = $1",
             record.id.to_string(),
             data,
             to_chrono(record.expiry_date)

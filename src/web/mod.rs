@@ -3,6 +3,7 @@
 mod api_keys;
 mod audit;
 mod auth;
+mod connections;
 pub mod csrf;
 mod dashboard;
 mod static_files;
@@ -55,12 +56,27 @@ pub fn router(state: &AppState) -> Router<AppState> {
         )
         .route("/settings/api-keys/{id}/revoke", post(api_keys::revoke))
         .route("/audit", get(audit::index))
+        .route("/connections/new/{provider}", post(connections::start))
+        .route("/oauth/callback/{family}", get(connections::callback))
+        .route(
+            "/connections/{id}/disconnect",
+            post(connections::disconnect),
+        )
+        .route("/connections/{id}/reconnect", post(connections::reconnect))
         .route_layer(middleware::from_fn_with_state(Role::Admin, require_role));
+
+    let operators = Router::new()
+        .route("/connections/{id}/pause", post(connections::pause))
+        .route("/connections/{id}/resume", post(connections::resume))
+        .route_layer(middleware::from_fn_with_state(Role::Operator, require_role));
 
     let members = Router::new()
         .route("/", get(dashboard::index))
         .route("/settings/users", get(users::index))
         .route("/logout", post(auth::logout))
+        .route("/connections", get(connections::index))
+        .route("/connections/{id}", get(connections::show))
+        .merge(operators)
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));
 
@@ -149,7 +165,12 @@ impl Flash {
         Ok(())
     }
 
+    /// Takes the pending message. Only touches the session when there is one: removing a missing
+    /// key still marks the session changed, and every page view would then write it back.
     async fn take(session: &Session) -> Result<Option<Flash>, Error> {
+        if session.get_value(Self::KEY).await?.is_none() {
+            return Ok(None);
+        }
         Ok(session.remove::<Flash>(Self::KEY).await?)
     }
 }

@@ -302,3 +302,28 @@ async fn one_address_cannot_try_endless_accounts() {
     let response = browser.login("another@acme.test", "nope nope nope").await;
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn a_request_still_running_at_logout_cannot_bring_the_session_back() {
+    use tower_sessions::SessionStore as _;
+    use tower_sessions::session::{Id, Record};
+    let app = spawn_app().await;
+    let store =
+        ferry::tenancy::sessions::PgSessionStore::new(ferry::db::Db::from_pool(app.pool().clone()));
+    let mut record = Record {
+        id: Id::default(),
+        data: Default::default(),
+        expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    };
+    store.create(&mut record).await.expect("create");
+    // A request loads the session...
+    let loaded = store.load(&record.id).await.expect("load").expect("exists");
+    // ...logout deletes it...
+    store.delete(&record.id).await.expect("delete");
+    // ...and the first request finishes and saves what it loaded.
+    store.save(&loaded).await.expect("save");
+    assert!(
+        store.load(&record.id).await.expect("load").is_none(),
+        "logout stays logged out"
+    );
+}
