@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod jobs;
 pub mod kv;
+pub mod mapping;
 pub mod openapi;
 pub mod records;
 pub mod sandbox;
