@@ -347,13 +347,18 @@ impl Config {
         let hubspot_sandbox =
             if environment == Environment::Development || get("FERRY_SANDBOX_URL").is_some() {
                 let url = http_url("FERRY_SANDBOX_URL", DEFAULT_SANDBOX_URL)?;
+                // Browsers may reach the sandbox at another address than Ferry does (Docker).
+                let auth_url = match get("FERRY_SANDBOX_AUTH_URL") {
+                    Some(_) => http_url("FERRY_SANDBOX_AUTH_URL", DEFAULT_SANDBOX_URL)?,
+                    None => url.clone(),
+                };
                 Some(HubSpotApp {
                     client_id: get("FERRY_SANDBOX_CLIENT_ID")
                         .unwrap_or_else(|| SANDBOX_CLIENT_ID.to_string()),
                     client_secret: get("FERRY_SANDBOX_CLIENT_SECRET")
                         .unwrap_or_else(|| SANDBOX_CLIENT_SECRET.to_string())
                         .into(),
-                    auth_url: url.clone(),
+                    auth_url,
                     api_url: url,
                 })
             } else {
@@ -525,6 +530,16 @@ mod tests {
         assert!(cfg.hubspot.is_none());
         let sandbox = cfg.hubspot_sandbox.expect("sandbox in development");
         assert_eq!(sandbox.api_url.as_str(), "http://127.0.0.1:8081/");
+        assert_eq!(sandbox.auth_url, sandbox.api_url);
+        let cfg = config(&[
+            ("FERRY_SECRET_KEY", KEY),
+            ("FERRY_SANDBOX_URL", "http://sandbox:8081"),
+            ("FERRY_SANDBOX_AUTH_URL", "http://localhost:8081"),
+        ])
+        .expect("valid");
+        let sandbox = cfg.hubspot_sandbox.expect("sandbox");
+        assert_eq!(sandbox.api_url.as_str(), "http://sandbox:8081/");
+        assert_eq!(sandbox.auth_url.as_str(), "http://localhost:8081/");
         let err =
             config(&[("FERRY_SECRET_KEY", KEY), ("HUBSPOT_CLIENT_ID", "abc")]).expect_err("half");
         assert_eq!(err.var(), "HUBSPOT_CLIENT_SECRET");

@@ -44,15 +44,14 @@ impl Db {
 
     /// Opens a transaction scoped to one tenant. Everything tenant-owned goes through here.
     pub async fn tenant(&self, tenant: TenantId) -> Result<TenantTx, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // One round trip: the tenant for the policies, and the role they apply to. Both settings
-        // are transaction-local and vanish at commit or rollback.
-        sqlx::query!(
-            "SELECT set_config('app.tenant_id', $1, true) AS tenant, set_config('role', 'ferry_app', true) AS role",
-            tenant.0.to_string()
-        )
-        .fetch_one(&mut *tx)
-        .await?;
+        // One round trip: BEGIN, the tenant for the policies, and the role they apply to. Both
+        // settings are transaction-local and vanish at commit or rollback. The tenant id is a
+        // typed UUID, so formatting it into the statement cannot inject anything.
+        let begin = format!(
+            "BEGIN; SELECT set_config('app.tenant_id', '{}', true), set_config('role', 'ferry_app', true)",
+            tenant.0.hyphenated()
+        );
+        let tx = self.pool.begin_with(sqlx::AssertSqlSafe(begin)).await?;
         Ok(TenantTx { tx, tenant })
     }
 

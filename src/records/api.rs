@@ -174,8 +174,14 @@ pub enum Op {
 
 async fn written_reply(tx: &mut TenantTx, written: service::Written) -> Result<Reply, Error> {
     let record = written.record;
-    let keys = links::primary_keys(tx, record.kind, &[record.id]).await?;
-    let body = representation(&record, keys.get(&record.id).map(String::as_str));
+    let key = if written.created {
+        written.created_key
+    } else {
+        links::primary_keys(tx, record.kind, &[record.id])
+            .await?
+            .remove(&record.id)
+    };
+    let body = representation(&record, key.as_deref());
     Ok(Reply {
         status: if written.created {
             StatusCode::CREATED

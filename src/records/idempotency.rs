@@ -72,6 +72,11 @@ pub async fn claim(
     fingerprint: &[u8],
 ) -> Result<Claim, Error> {
     let mut tx = db.tenant(tenant).await?;
+    // The claim need not survive a crash (a lost claim only lets a retry claim again; the response
+    // is stored durably with the work), so its commit does not wait for the WAL flush.
+    sqlx::query_scalar!("SELECT set_config('synchronous_commit', 'off', true)")
+        .fetch_one(&mut *tx)
+        .await?;
     let inserted = sqlx::query!(
         "INSERT INTO idempotency_keys (tenant_id, key, method, path, fingerprint)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, key) DO NOTHING",

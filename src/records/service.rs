@@ -19,6 +19,8 @@ pub struct Written {
     pub record: Stored,
     /// True when the write created the record (201), false when it changed or matched one (200).
     pub created: bool,
+    /// For a created record, its one external id (so answering needs no lookup).
+    pub created_key: Option<String>,
 }
 
 /// Finds the record an id names: a Ferry id, or an external id such as `hubspot:contact:12345`.
@@ -169,7 +171,7 @@ pub async fn create(
     key: Option<&str>,
 ) -> Result<Written, Error> {
     let id = Uuid::now_v7();
-    store::insert(tx, kind, id, fields, origin).await?;
+    let record = store::insert(tx, kind, id, fields, origin).await?;
     if let Some(key) = key {
         links::attach(tx, key, kind, id).await?;
     }
@@ -186,10 +188,10 @@ pub async fn create(
         },
     )
     .await?;
-    let record = store::fetch(tx, kind, id).await?.ok_or(Error::NotFound)?;
     Ok(Written {
         record,
         created: true,
+        created_key: key.map(str::to_string),
     })
 }
 
@@ -209,6 +211,7 @@ pub async fn write_update(
         return Ok(Written {
             record: current,
             created: false,
+            created_key: None,
         });
     }
     let new_version = store::update(tx, kind, id, &fields).await?;
@@ -232,6 +235,7 @@ pub async fn write_update(
     Ok(Written {
         record,
         created: false,
+        created_key: None,
     })
 }
 

@@ -119,6 +119,14 @@ pub async fn fetch(tx: &mut TenantTx, kind: Kind, id: Uuid) -> Result<Option<Sto
 /// Records matching the filter, oldest change first.
 pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<Stored>, Error> {
     let tenant = tx.tenant_id().0;
+    if f.only_id.is_some() || f.email.is_some() {
+        // These queries take optional filters (`$n IS NULL OR col = $n`). After five executions
+        // Postgres may switch to a generic plan that cannot use the id or email index the filter
+        // allows, and scan the tenant's rows instead; a custom plan finds the one row.
+        sqlx::query_scalar!("SELECT set_config('plan_cache_mode', 'force_custom_plan', true)")
+            .fetch_one(&mut **tx)
+            .await?;
+    }
     let (after_at, after_id) = f
         .after
         .map_or((None, None), |(at, id)| (Some(at), Some(id)));
@@ -298,42 +306,43 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
     Ok(out)
 }
 
-/// Inserts a new record at version 1.
+/// Inserts a new record at version 1 and returns it as stored (no second read).
 pub async fn insert(
     tx: &mut TenantTx,
     kind: Kind,
     id: Uuid,
     fields: &Fields,
     source: &str,
-) -> Result<(), Error> {
+) -> Result<Stored, Error> {
     let tenant = tx.tenant_id().0;
-    match kind {
-        Kind::Contact => {
-            sqlx::query!(
-                "INSERT INTO contacts (id, tenant_id, email, first_name, last_name, phone, company,
+    let (created_at, updated_at) = match kind {
+        Kind::Contact => sqlx::query!(
+            "INSERT INTO contacts (id, tenant_id, email, first_name, last_name, phone, company,
                                        job_title, owner_id, custom, metadata, source)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                id,
-                tenant,
-                fields.text("email"),
-                fields.text("first_name"),
-                fields.text("last_name"),
-                fields.text("phone"),
-                fields.text("company"),
-                fields.text("job_title"),
-                fields.text("owner_id"),
-                fields.object("custom"),
-                fields.object("metadata"),
-                source
-            )
-            .execute(&mut **tx)
-            .await?;
-        }
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 RETURNING created_at, updated_at",
+            id,
+            tenant,
+            fields.text("email"),
+            fields.text("first_name"),
+            fields.text("last_name"),
+            fields.text("phone"),
+            fields.text("company"),
+            fields.text("job_title"),
+            fields.text("owner_id"),
+            fields.object("custom"),
+            fields.object("metadata"),
+            source
+        )
+        .fetch_one(&mut **tx)
+        .await
+        .map(|r| (r.created_at, r.updated_at))?,
         Kind::Deal => {
-            sqlx::query!(
+            let row = sqlx::query!(
                 "INSERT INTO deals (id, tenant_id, title, value, currency, stage, close_date,
                                     owner_id, custom, metadata, source)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 RETURNING created_at, updated_at",
                 id,
                 tenant,
                 fields.text("title").unwrap_or_default(),
@@ -346,9 +355,10 @@ pub async fn insert(
                 fields.object("metadata"),
                 source
             )
-            .execute(&mut **tx)
+            .fetch_one(&mut **tx)
             .await?;
             replace_deal_contacts(tx, id, &fields.ids("contact_ids")).await?;
+            (row.created_at, row.updated_at)
         }
         Kind::Task => {
             let (linked_type, linked_id) = fields
@@ -357,7 +367,8 @@ pub async fn insert(
             sqlx::query!(
                 "INSERT INTO tasks (id, tenant_id, title, body, due_at, status, priority,
                                     assignee_id, linked_type, linked_id, custom, metadata, source)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 RETURNING created_at, updated_at",
                 id,
                 tenant,
                 fields.text("title").unwrap_or_default(),
@@ -372,11 +383,25 @@ pub async fn insert(
                 fields.object("metadata"),
                 source
             )
-            .execute(&mut **tx)
-            .await?;
+            .fetch_one(&mut **tx)
+            .await
+            .map(|r| (r.created_at, r.updated_at))?
         }
+    };
+    let mut stored_fields = fields.clone();
+    if kind == Kind::Task && matches!(stored_fields.get("status"), Value::Null) {
+        stored_fields.0.insert("status", Value::Text("open".into()));
     }
-    Ok(())
+    Ok(Stored {
+        kind,
+        id,
+        fields: stored_fields,
+        source: source.to_string(),
+        version: 1,
+        created_at,
+        updated_at,
+        deleted_at: None,
+    })
 }
 
 /// Overwrites every writable field, bumps the version, and returns the new version. The caller

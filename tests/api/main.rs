@@ -10,6 +10,7 @@ mod cli;
 mod connections;
 mod csrf;
 mod health;
+mod hubspot;
 mod isolation;
 mod jobs;
 mod oauth;

@@ -13,13 +13,21 @@ use ferry::connections::tokens;
 use ferry::tenancy::TenantId;
 
 /// A sandbox CRM on its own port, and a Ferry whose "HubSpot (sandbox)" provider points at it.
-struct Setup {
-    app: TestApp,
-    crm: ferry::sandbox::Running,
-    crm_base: String,
+pub struct Setup {
+    pub app: TestApp,
+    pub crm: ferry::sandbox::Running,
+    pub crm_base: String,
 }
 
-async fn setup(token_ttl_secs: u64) -> Setup {
+pub async fn setup(token_ttl_secs: u64) -> Setup {
+    setup_with(token_ttl_secs, |args| args).await
+}
+
+/// Like [`setup`], with the sandbox's arguments adjusted by `adjust`.
+pub async fn setup_with(
+    token_ttl_secs: u64,
+    adjust: impl FnOnce(ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs,
+) -> Setup {
     let crm_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind crm");
@@ -32,14 +40,14 @@ async fn setup(token_ttl_secs: u64) -> Setup {
         faults: true,
         ..ferry::sandbox::SandboxArgs::default()
     };
-    let config = ferry::sandbox::SandboxConfig::from_args(args).expect("sandbox config");
+    let config = ferry::sandbox::SandboxConfig::from_args(adjust(args)).expect("sandbox config");
     let crm = ferry::sandbox::start(config, crm_listener)
         .await
         .expect("sandbox starts");
     Setup { app, crm, crm_base }
 }
 
-fn crm_client() -> reqwest::Client {
+pub fn crm_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -48,7 +56,7 @@ fn crm_client() -> reqwest::Client {
 
 /// Clicks Connect, consents at the CRM (choosing the `portal_index`-th portal, or denying), and
 /// follows the redirect back. Returns Ferry's answer to the callback.
-async fn connect(
+pub async fn connect(
     setup: &Setup,
     browser: &Browser,
     portal_index: usize,
@@ -91,7 +99,7 @@ async fn connect(
     browser.get(back.trim_start_matches(&setup.app.base)).await
 }
 
-async fn connection_row(app: &TestApp) -> (Uuid, TenantId, String, String, i64) {
+pub async fn connection_row(app: &TestApp) -> (Uuid, TenantId, String, String, i64) {
     let (id, tenant, status, account, version): (Uuid, Uuid, String, String, i64) = sqlx::query_as(
         "SELECT id, tenant_id, status, remote_account_id, token_version FROM connections",
     )
