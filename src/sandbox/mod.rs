@@ -156,27 +156,6 @@ pub async fn start(config: SandboxConfig, listener: TcpListener) -> Result<Runni
     })
 }
 
-async fn shutdown_requested() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-}
-
 /// `ferry sandbox`: configure, seed, serve until SIGTERM or Ctrl-C.
 pub async fn run_from_env(args: SandboxArgs) -> Result<(), SandboxError> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
@@ -210,7 +189,7 @@ pub async fn run_from_env(args: SandboxArgs) -> Result<(), SandboxError> {
     println!("Sandbox CRM listening on http://{}", running.addr);
     tracing::info!(addr = %running.addr, "sandbox serving");
     tokio::select! {
-        () = shutdown_requested() => {
+        () = crate::shutdown_signal() => {
             tracing::info!("sandbox shutting down");
             running.stop().await
         }
