@@ -21,6 +21,7 @@ pub mod record;
 pub mod transform;
 pub mod validate;
 pub mod value;
+pub mod versions;
 
 pub use engine::{FieldChange, Inbound, Outbound, apply_inbound, apply_outbound};
 pub use error::{RuleError, TransformError, ValidationError};

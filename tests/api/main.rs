@@ -13,6 +13,7 @@ mod health;
 mod hubspot;
 mod isolation;
 mod jobs;
+mod mappings;
 mod oauth;
 mod openapi;
 mod readme;
