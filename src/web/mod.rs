@@ -6,6 +6,7 @@ mod auth;
 mod connections;
 pub mod csrf;
 mod dashboard;
+pub mod mappings;
 mod static_files;
 mod users;
 
@@ -63,6 +64,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
             post(connections::disconnect),
         )
         .route("/connections/{id}/reconnect", post(connections::reconnect))
+        .route("/connections/{id}/mappings/{object}", post(mappings::save))
+        .route(
+            "/connections/{id}/mappings/{object}/restore",
+            post(mappings::restore),
+        )
         .route_layer(middleware::from_fn_with_state(Role::Admin, require_role));
 
     let operators = Router::new()
@@ -76,6 +82,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/logout", post(auth::logout))
         .route("/connections", get(connections::index))
         .route("/connections/{id}", get(connections::show))
+        .route("/connections/{id}/mappings/{object}", get(mappings::edit))
         .merge(operators)
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));

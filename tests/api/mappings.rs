@@ -227,3 +227,111 @@ async fn another_tenants_mappings_cannot_be_read_or_written() {
             .is_empty()
     );
 }
+
+fn job_title_index() -> usize {
+    ferry::mapping::defaults::hubspot(Kind::Contact, Default::default())
+        .rules
+        .iter()
+        .position(|r| r.local.as_str() == "job_title")
+        .expect("job_title rule")
+}
+
+#[tokio::test]
+async fn the_mapping_page_changes_ownership_compares_and_restores() {
+    use reqwest::StatusCode;
+    let app = spawn_app().await;
+    let owner = app.owner("Acme", "jane@acme.test").await;
+    let key = ferry::config::SecretKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+        .expect("key");
+    let id = insert_connection(&app, "jane@acme.test", &key, "active").await;
+    let path = format!("/connections/{id}/mappings/contacts");
+
+    let viewer = app.member(&owner, "vic@acme.test", "viewer").await;
+    let read_only = viewer.page(&path).await;
+    assert!(read_only.contains("job_title") && read_only.contains("jobtitle"));
+    assert!(
+        !read_only.contains("Save as a new version"),
+        "viewers read only"
+    );
+    assert_eq!(
+        viewer.post_form(&path, &[]).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let page = owner.page(&path).await;
+    assert!(page.contains("the default, never saved"));
+    let i = job_title_index();
+    let field = format!("conflict_{i}");
+    let saved = owner
+        .post_form(
+            &path,
+            &[
+                (field.as_str(), "remote_wins"),
+                ("note", "the CRM owns job titles"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status(), StatusCode::SEE_OTHER);
+    let page = owner.page(&path).await;
+    assert!(page.contains("Saved as version 1"));
+    assert!(page.contains("version 1)"));
+    let selected = format!("id=\"{field}\" name=\"{field}\"");
+    let select_start = page.find(&selected).expect("select present");
+    let select = &page[select_start..select_start + 800];
+    assert!(
+        select.contains("value=\"remote_wins\" selected"),
+        "job title now owned by the CRM"
+    );
+
+    // A second change, then compare and restore.
+    owner
+        .post_form(&path, &[(field.as_str(), "local_wins")])
+        .await;
+    let compared = owner.page(&format!("{path}?compare=1")).await;
+    assert!(compared.contains("Version 1 → current"));
+    assert!(compared.contains("<strong>job_title</strong> changed"));
+    let restored = owner
+        .post_form(&format!("{path}/restore"), &[("version", "1")])
+        .await;
+    assert_eq!(restored.status(), StatusCode::SEE_OTHER);
+    let page = owner.page(&path).await;
+    assert!(page.contains("Restored version 1 as version 3"));
+    assert!(page.contains("(restores 1)"));
+
+    let bad = owner
+        .post_form(&path, &[(field.as_str(), "whoever_shouts")])
+        .await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad.text().await.expect("body").contains("Unknown policy"));
+    assert_eq!(
+        owner
+            .get(&format!("/connections/{id}/mappings/leads"))
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+
+    let globex = app.owner("Globex", "hank@globex.test").await;
+    assert_eq!(globex.get(&path).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        globex
+            .post_form(&path, &[(field.as_str(), "local_wins")])
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        globex
+            .post_form(&format!("{path}/restore"), &[("version", "1")])
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM mapping_versions")
+        .fetch_one(app.pool())
+        .await
+        .expect("count");
+    assert_eq!(versions, 3);
+    let audit = owner.page("/audit?action=mapping.").await;
+    assert!(audit.contains("mapping.rolled_back"));
+}
