@@ -356,3 +356,32 @@ pub fn backoff(failures: u32) -> Duration {
     let jitter: f64 = rand::random();
     base.mul_f64(jitter.max(0.1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_grows_with_failures_is_jittered_and_capped() {
+        for failures in 1..=20u32 {
+            let ceiling = Duration::from_secs(30)
+                .checked_mul(1 << (failures - 1).min(10))
+                .unwrap_or(Duration::MAX)
+                .min(Duration::from_secs(15 * 60));
+            for _ in 0..50 {
+                let wait = backoff(failures);
+                assert!(wait <= ceiling, "{failures}: {wait:?} > {ceiling:?}");
+                assert!(
+                    wait >= ceiling.mul_f64(0.1),
+                    "{failures}: {wait:?} too short"
+                );
+            }
+        }
+        // Jitter: repeated draws differ.
+        let draws: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
+        assert!(draws.len() > 1);
+        // Capped at 15 minutes however many failures.
+        assert!(backoff(1000) <= Duration::from_secs(15 * 60));
+    }
+}
