@@ -74,15 +74,29 @@ pub struct Connection {
 
 /// The tenant's connections, newest first.
 pub async fn list(tx: &mut TenantTx) -> Result<Vec<Connection>, Error> {
+    select(tx, None).await
+}
+
+/// One connection of the tenant (NotFound for anyone else's).
+pub async fn find(tx: &mut TenantTx, id: Uuid) -> Result<Connection, Error> {
+    select(tx, Some(id))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or(Error::NotFound)
+}
+
+async fn select(tx: &mut TenantTx, only: Option<Uuid>) -> Result<Vec<Connection>, Error> {
     let tenant = tx.tenant_id();
     let rows = sqlx::query!(
         r#"SELECT c.id, c.tenant_id, c.provider, c.remote_account_id, c.status, c.scopes,
                   c.expires_at, c.last_refreshed_at, c.last_error, c.last_error_at,
                   u.email AS "connected_by?", c.created_at, c.disconnected_at
            FROM connections c LEFT JOIN users u ON u.id = c.connected_by
-           WHERE c.tenant_id = $1
+           WHERE c.tenant_id = $1 AND ($2::uuid IS NULL OR c.id = $2)
            ORDER BY c.created_at DESC, c.id"#,
-        tenant.0
+        tenant.0,
+        only
     )
     .fetch_all(&mut **tx)
     .await?;
@@ -104,15 +118,6 @@ pub async fn list(tx: &mut TenantTx) -> Result<Vec<Connection>, Error> {
             disconnected_at: r.disconnected_at,
         })
         .collect())
-}
-
-/// One connection of the tenant (NotFound for anyone else's).
-pub async fn find(tx: &mut TenantTx, id: Uuid) -> Result<Connection, Error> {
-    list(tx)
-        .await?
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or(Error::NotFound)
 }
 
 /// Pauses an active connection, or resumes a paused one.

@@ -43,14 +43,16 @@ fn queue_config(state: &AppState, queue: &str) -> QueueConfig {
     QueueConfig::default().queue(format!("{}:{queue}", state.kv.prefix()))
 }
 
-async fn maintenance_storage(state: &AppState) -> Result<RedisStorage<Maintenance>, JobError> {
-    let conn = state.kv.dedicated_connection().await?;
-    Ok(RedisStorage::new(conn).with_config(queue_config(state, "maintenance")))
+fn maintenance_storage(
+    state: &AppState,
+    conn: apalis_redis::ConnectionManager,
+) -> RedisStorage<Maintenance> {
+    RedisStorage::new(conn).with_config(queue_config(state, "maintenance"))
 }
 
-/// Puts a maintenance job on its queue.
+/// Puts a maintenance job on its queue (over the shared Redis connection).
 pub async fn enqueue_maintenance(state: &AppState, job: Maintenance) -> Result<(), JobError> {
-    let mut storage = maintenance_storage(state).await?;
+    let mut storage = maintenance_storage(state, state.kv.connection());
     storage
         .push(job)
         .await
@@ -118,7 +120,8 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), JobError> {
-    let storage = maintenance_storage(&state).await?;
+    // The worker polls on a connection of its own.
+    let storage = maintenance_storage(&state, state.kv.dedicated_connection().await?);
     let schedulers = [
         tokio::spawn(schedule(
             state.clone(),

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value as Json, json};
 
 use super::api::{Reply, representation};
-use super::fields::{self, READ_ONLY, specs};
+use super::fields::{READ_ONLY, specs};
 use super::{Kind, links, service, store};
 use crate::db::TenantTx;
 use crate::error::{Error, FieldError};
@@ -158,12 +158,7 @@ pub async fn run(tx: &mut TenantTx, push: Push) -> Result<Reply, Error> {
         Some(id) => {
             let (version, deleted) = store::lock(tx, kind, id).await?.ok_or(Error::NotFound)?;
             let current = store::fetch(tx, kind, id).await?.ok_or(Error::NotFound)?;
-            let mut merged = Json::Object(current.fields.to_json(kind));
-            fields::merge_patch(&mut merged, &Json::Object(mapped));
-            let Json::Object(merged) = merged else {
-                return Err(Error::BadRequest("payload must be an object".into()));
-            };
-            let new_fields = service::validate(tx, kind, &merged).await?;
+            let new_fields = service::merged(tx, kind, &current.fields, mapped).await?;
             if linked.is_none() {
                 links::attach(tx, &key, kind, id).await?;
             }

@@ -298,15 +298,26 @@ pub async fn patch(
         .filter(|(name, _)| !READ_ONLY.contains(&name.as_str()) && name.as_str() != "external_id")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let mut merged = Json::Object(current.fields.to_json(kind));
-    fields::merge_patch(&mut merged, &Json::Object(patch));
-    let Json::Object(merged) = merged else {
-        return Err(Error::BadRequest(
-            "A merge patch must be a JSON object.".into(),
-        ));
-    };
-    let fields = validate(tx, kind, &merged).await?;
+    let fields = merged(tx, kind, &current.fields, patch).await?;
     write_update(tx, kind, id, version, false, fields, origin).await
+}
+
+/// A record's fields with a merge patch (RFC 7386) applied to their representation, validated
+/// like a full input.
+pub async fn merged(
+    tx: &mut TenantTx,
+    kind: Kind,
+    current: &Fields,
+    patch: Map<String, Json>,
+) -> Result<Fields, Error> {
+    let mut merged = Json::Object(current.to_json(kind));
+    fields::merge_patch(&mut merged, &Json::Object(patch));
+    // An object patched by an object stays an object.
+    let merged = match merged {
+        Json::Object(map) => map,
+        _ => Map::new(),
+    };
+    validate(tx, kind, &merged).await
 }
 
 /// DELETE: soft delete (the tombstone stays for syncs).

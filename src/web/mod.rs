@@ -45,7 +45,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
     // per-session token check: two independent defences against cross-site forms.
     let origin_check = tower_http::csrf::CsrfLayer::new()
         .add_trusted_origin(state.config.public_origin())
-        .unwrap_or_else(|_| tower_http::csrf::CsrfLayer::new());
+        .unwrap_or_else(|_| tower_http::csrf::CsrfLayer::new())
+        .with_rejection_response(|_| Error::Csrf.into_response());
 
     let admin = Router::new()
         .route("/settings/users", post(users::add))
@@ -277,11 +278,6 @@ pub async fn html_errors(request: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    let status = response.status();
-    if status == StatusCode::FORBIDDEN && !is_problem {
-        // tower-http's origin check rejects with a bare 403; explain it like our own CSRF error.
-        return error_page(status, Error::Csrf.problem());
-    }
     if !is_problem {
         return response;
     }

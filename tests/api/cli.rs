@@ -154,3 +154,40 @@ async fn demo_creates_then_reuses_the_demo_tenant() {
     assert_eq!(keys, 2, "a fresh key each run");
     let _ = std::fs::remove_file(key_file);
 }
+
+#[tokio::test]
+async fn json_log_format_writes_one_json_object_per_line() {
+    use tokio::io::AsyncBufReadExt as _;
+    let db = TestDb::create().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["serve", "--no-migrate"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("FERRY_SECRET_KEY", KEY)
+        .env("FERRY_BIND", "127.0.0.1:0")
+        .env("FERRY_PUBLIC_URL", "http://127.0.0.1:8080")
+        .env("FERRY_LOG_FORMAT", "json")
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("ferry starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("a log line within 30 s")
+        .expect("readable")
+        .expect("a line");
+    let _ = child.start_kill();
+    let event: serde_json::Value = serde_json::from_str(&line).expect("the line is JSON");
+    assert_eq!(event["level"], "INFO", "{line}");
+    assert_eq!(event["message"], "serving", "{line}");
+    assert!(
+        event["addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+}
