@@ -13,6 +13,7 @@ pub mod mapping;
 pub mod openapi;
 pub mod records;
 pub mod sandbox;
+pub mod sync;
 pub mod telemetry;
 pub mod tenancy;
 pub mod web;

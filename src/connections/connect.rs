@@ -298,6 +298,7 @@ pub async fn finish(
         .await
         .map_err(Error::from)?;
     }
+    crate::sync::control::ensure(&mut tx, id).await?;
     audit::record(
         &mut tx,
         &user.actor(),
@@ -314,6 +315,7 @@ pub async fn finish(
     )
     .await?;
     tx.commit().await.map_err(Error::from)?;
+    crate::sync::wake(state).await;
     Ok(Connected {
         id,
         reconnected: existing.is_some(),

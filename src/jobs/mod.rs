@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::app::AppState;
 use crate::connections;
 use crate::records::idempotency;
+use crate::sync::{self, SyncJob};
 use crate::tenancy::sessions;
 
 /// Housekeeping that keeps tables and Redis small.
@@ -57,6 +58,30 @@ pub async fn enqueue_maintenance(state: &AppState, job: Maintenance) -> Result<(
         .push(job)
         .await
         .map_err(|e| JobError::Queue(e.to_string()))
+}
+
+fn sync_storage(state: &AppState, conn: apalis_redis::ConnectionManager) -> RedisStorage<SyncJob> {
+    RedisStorage::new(conn).with_config(queue_config(state, "sync"))
+}
+
+/// Puts a sync job on its queue unless one with the same key is already waiting (coalescing:
+/// the backlog stays one job per connection and kind whatever the traffic). Failures are logged:
+/// the reconciler re-derives the work from Postgres.
+pub async fn enqueue_sync(state: &AppState, job: SyncJob) {
+    let marked = state.kv.claim(&job.pending_key(), sync::PENDING_TTL).await;
+    match marked {
+        Ok(false) => {}
+        Ok(true) => {
+            let mut storage = sync_storage(state, state.kv.connection());
+            if let Err(err) = storage.push(job).await {
+                tracing::warn!(error = %err, job = %job.key(), "could not enqueue sync job");
+                let _ = state.kv.delete(&job.pending_key()).await;
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, job = %job.key(), "redis unavailable: sync job left to the reconciler")
+        }
+    }
 }
 
 async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), BoxDynError> {
