@@ -45,6 +45,15 @@ CREATE INDEX sync_cursors_due ON sync_cursors (next_poll_at);
 CREATE TRIGGER sync_cursors_updated_at BEFORE UPDATE ON sync_cursors
     FOR EACH ROW EXECUTE FUNCTION set_updated_at();
 
+-- What Ferry last pushed for a link, property by property, so the echo of its own write is
+-- recognised when it comes back (a property whose value equals what was pushed is not a remote
+-- change). `pushed_hash` (0002) is the SHA-256 of this document.
+ALTER TABLE external_links ADD COLUMN pushed jsonb;
+
+-- When each field of a record last changed (newest_wins compares per field): the outbox rows of
+-- one record.
+CREATE INDEX outbox_record ON outbox (tenant_id, record_kind, record_id);
+
 -- Per connection: its place in the tenant's outbox and the state of inbound event processing.
 CREATE TABLE sync_connections (
     tenant_id            uuid NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
@@ -274,3 +283,11 @@ CREATE POLICY tenant_isolation ON automation_firings
     USING (tenant_id = app_tenant_id()) WITH CHECK (tenant_id = app_tenant_id());
 -- The receiver runs as the application role too.
 REVOKE UPDATE, DELETE ON dead_letter_attempts FROM ferry_app;
+
+-- Connections made before the sync engine existed get their sync state now.
+INSERT INTO sync_cursors (tenant_id, connection_id, object)
+SELECT c.tenant_id, c.id, o.object
+FROM connections c CROSS JOIN (VALUES ('contact'), ('deal'), ('task')) AS o (object);
+INSERT INTO sync_connections (tenant_id, connection_id, outbox_position)
+SELECT c.tenant_id, c.id, coalesce((SELECT max(id) FROM outbox WHERE tenant_id = c.tenant_id), 0)
+FROM connections c;

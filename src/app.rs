@@ -76,6 +76,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/openapi.json", get(crate::openapi::serve_document))
         .route("/docs", get(crate::openapi::serve_docs))
+        .route(
+            "/webhooks/hubspot",
+            axum::routing::post(crate::sync::webhooks::receive),
+        )
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

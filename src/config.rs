@@ -123,6 +123,9 @@ pub struct Config {
     pub log_filter: String,
     /// Take the client address from `X-Forwarded-For` (only behind a proxy that sets it).
     pub trust_forwarded_for: bool,
+    /// Overrides of the HubSpot call limits (`FERRY_HUBSPOT_RATE_LIMIT` per 10 s,
+    /// `FERRY_HUBSPOT_SEARCH_RATE_LIMIT` per second).
+    pub hubspot_limits: Option<crate::connectors::hubspot::limiter::Limits>,
     /// REST API requests per second per tenant (token bucket refill rate).
     pub api_rate_per_second: u32,
     /// REST API burst per tenant (token bucket capacity).
@@ -298,6 +301,22 @@ impl Config {
         };
         let api_rate_per_second = positive("FERRY_API_RATE_LIMIT", 100)?;
         let api_burst = positive("FERRY_API_BURST", 200)?;
+        // Ferry's own ceiling on calls to each HubSpot account (below HubSpot's, so it throttles
+        // before HubSpot has to). Raise them only against a CRM that allows more (the sandbox).
+        let hubspot_limits = match (
+            get("FERRY_HUBSPOT_RATE_LIMIT").is_some(),
+            get("FERRY_HUBSPOT_SEARCH_RATE_LIMIT").is_some(),
+        ) {
+            (false, false) => None,
+            _ => {
+                let defaults = crate::connectors::hubspot::limiter::Limits::default();
+                Some(crate::connectors::hubspot::limiter::Limits {
+                    general: positive("FERRY_HUBSPOT_RATE_LIMIT", defaults.general)?,
+                    search: positive("FERRY_HUBSPOT_SEARCH_RATE_LIMIT", defaults.search)?,
+                    ..defaults
+                })
+            }
+        };
 
         let previous_keys = match get("FERRY_PREVIOUS_SECRET_KEYS") {
             None => Vec::new(),
@@ -387,6 +406,7 @@ impl Config {
             log_format,
             log_filter,
             trust_forwarded_for,
+            hubspot_limits,
             api_rate_per_second,
             api_burst,
             previous_keys,

@@ -103,13 +103,33 @@ impl DerefMut for TenantTx {
 /// Takes a transaction-scoped advisory lock named by `key` (hashed to 64 bits): concurrent
 /// transactions using the same key run one after the other.
 pub async fn advisory_lock(tx: &mut TenantTx, key: &str) -> Result<(), sqlx::Error> {
+    let lock = lock_id(key);
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// The 64-bit advisory lock id of a key (the first 8 bytes of its SHA-256).
+pub fn lock_id(key: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(key.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
-    let lock = i64::from_be_bytes(bytes);
-    sqlx::query!("SELECT pg_advisory_xact_lock($1)", lock)
-        .execute(&mut **tx)
-        .await?;
+    i64::from_be_bytes(bytes)
+}
+
+/// Takes the advisory locks of many keys in one round trip, in a fixed order (so two
+/// transactions locking overlapping sets cannot deadlock).
+pub async fn advisory_lock_all(tx: &mut TenantTx, keys: &[String]) -> Result<(), sqlx::Error> {
+    let mut ids: Vec<i64> = keys.iter().map(|k| lock_id(k)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    sqlx::query!(
+        "SELECT count(pg_advisory_xact_lock(id)) FROM (SELECT unnest($1::bigint[]) AS id ORDER BY 1) ids",
+        &ids
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(())
 }

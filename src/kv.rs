@@ -172,6 +172,47 @@ impl Kv {
         Ok(())
     }
 
+    /// Takes one of `cap` slots of the semaphore `name` for at most `ttl` (a holder that dies
+    /// loses its slot when the ttl passes). Returns the slot's token, or None at the cap.
+    pub async fn acquire_slot(
+        &self,
+        name: &str,
+        cap: usize,
+        ttl: Duration,
+    ) -> redis::RedisResult<Option<String>> {
+        let script = redis::Script::new(
+            r"
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+            if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+                redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+                redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+                return 1
+            end
+            return 0
+            ",
+        );
+        let token = uuid::Uuid::new_v4().to_string();
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut conn = self.conn.clone();
+        let taken: i64 = script
+            .key(self.key(name))
+            .arg(cap)
+            .arg(ttl_ms)
+            .arg(&token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok((taken == 1).then_some(token))
+    }
+
+    /// Gives a semaphore slot back.
+    pub async fn release_slot(&self, name: &str, token: &str) -> redis::RedisResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = conn.zrem(self.key(name), token).await?;
+        Ok(())
+    }
+
     /// Whether anyone holds the lock `name`.
     pub async fn is_locked(&self, name: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();

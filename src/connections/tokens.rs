@@ -264,31 +264,7 @@ async fn refresh_locked(
         }
         Err(ProviderError::InvalidGrant(reason)) => {
             let mut tx = state.db.tenant(tenant).await?;
-            sqlx::query!(
-                "UPDATE connections SET status = 'needs_reauth', last_error = $3, last_error_at = now()
-                 WHERE tenant_id = $1 AND id = $2 AND status = 'active'",
-                tenant.0,
-                id,
-                "Access was revoked or expired at the CRM; reconnect to resume syncing."
-            )
-            .execute(&mut *tx)
-            .await?;
-            alerts::raise(
-                &mut tx,
-                "needs_reauth",
-                Some(id),
-                "A CRM connection lost its authorization. Reconnect it to resume syncing.",
-            )
-            .await?;
-            audit::record(
-                &mut tx,
-                &Actor::system("token refresh"),
-                &RequestMeta::default(),
-                AuditEvent::new("connection.needs_reauth")
-                    .target("connection", id.to_string())
-                    .after(json!({ "reason": reason })),
-            )
-            .await?;
+            mark_needs_reauth(&mut tx, id, "token refresh", &reason).await?;
             tx.commit().await?;
             Err(TokenError::NeedsReauth)
         }
@@ -309,6 +285,47 @@ async fn refresh_locked(
             Err(TokenError::Transient(message))
         }
     }
+}
+
+/// Puts an active connection in `needs_reauth` (its sync work waits), raises the tenant's alert
+/// and audits it. `by` names the system part that found out; `reason` is the CRM's word.
+pub async fn mark_needs_reauth(
+    tx: &mut crate::db::TenantTx,
+    id: Uuid,
+    by: &'static str,
+    reason: &str,
+) -> Result<(), Error> {
+    let tenant = tx.tenant_id();
+    let changed = sqlx::query!(
+        "UPDATE connections SET status = 'needs_reauth', last_error = $3, last_error_at = now()
+         WHERE tenant_id = $1 AND id = $2 AND status = 'active'",
+        tenant.0,
+        id,
+        "Access was revoked or expired at the CRM; reconnect to resume syncing."
+    )
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(());
+    }
+    alerts::raise(
+        tx,
+        "needs_reauth",
+        Some(id),
+        "A CRM connection lost its authorization. Reconnect it to resume syncing.",
+    )
+    .await?;
+    audit::record(
+        tx,
+        &Actor::system(by),
+        &RequestMeta::default(),
+        AuditEvent::new("connection.needs_reauth")
+            .target("connection", id.to_string())
+            .after(json!({ "reason": reason })),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The scheduled refresh: every active connection whose token expires within

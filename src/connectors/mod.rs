@@ -84,6 +84,8 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     async fn revoke(&self, token: &SecretString) -> Result<(), ProviderError>;
     /// The provider's API base URL (for the API client).
     fn api_base(&self) -> &Url;
+    /// The secret the provider signs its webhooks with (HubSpot: the app's client secret).
+    fn webhook_secret(&self) -> &SecretString;
 }
 
 /// The providers this deployment offers, by key.

@@ -139,6 +139,31 @@ async fn schedule(
     }
 }
 
+async fn run_sync(job: SyncJob, state: Data<AppState>) -> Result<(), BoxDynError> {
+    // Failures are handled by the sync engine's own retry policy (state in Postgres); an error
+    // here (Postgres or Redis down) leaves the work due, and the reconciler offers it again. It
+    // is not returned, or apalis would reschedule the job on its own schedule as well.
+    if let Err(err) = sync::run(&state, job).await {
+        tracing::warn!(error = %err, job = %job.key(), "sync job failed; the reconciler will retry");
+    }
+    Ok(())
+}
+
+/// Sync jobs one worker process runs at once (the per-tenant and per-connection caps apply on
+/// top, across all processes).
+pub const SYNC_CONCURRENCY: usize = 4;
+
+/// Offers due work to the workers every few seconds (coalesced: a pass already waiting is not
+/// queued twice, whatever number of processes run this loop).
+async fn reconcile_loop(state: AppState) {
+    let mut tick = tokio::time::interval(sync::reconcile::EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        enqueue_sync(&state, SyncJob::Reconcile).await;
+    }
+}
+
 /// Runs every worker until `shutdown` resolves; then running jobs finish (up to 30 s) and
 /// fetched-but-unstarted ones go back to their queue.
 pub async fn run(
@@ -147,6 +172,7 @@ pub async fn run(
 ) -> Result<(), JobError> {
     // The worker polls on a connection of its own.
     let storage = maintenance_storage(&state, state.kv.dedicated_connection().await?);
+    let sync_jobs = sync_storage(&state, state.kv.dedicated_connection().await?);
     let schedulers = [
         tokio::spawn(schedule(
             state.clone(),
@@ -163,8 +189,10 @@ pub async fn run(
             TOKEN_REFRESH_EVERY,
             &[Maintenance::RefreshExpiringTokens],
         )),
+        tokio::spawn(reconcile_loop(state.clone())),
     ];
     let worker_state = state.clone();
+    let sync_state = state.clone();
     let monitor = Monitor::new()
         .register(move |_run| {
             WorkerBuilder::new("ferry-maintenance")
@@ -177,6 +205,17 @@ pub async fn run(
                 )
                 .data(worker_state.clone())
                 .build(run_maintenance)
+        })
+        .register(move |_run| {
+            WorkerBuilder::new("ferry-sync")
+                .backend(
+                    sync_jobs
+                        .clone()
+                        .poll_with_interval(Duration::from_millis(100)),
+                )
+                .concurrency(SYNC_CONCURRENCY)
+                .data(sync_state.clone())
+                .build(run_sync)
         })
         .shutdown_timeout(Duration::from_secs(30));
     let result = monitor

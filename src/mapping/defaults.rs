@@ -50,12 +50,18 @@ pub fn hubspot(kind: Kind, settings: Settings) -> Mapping {
             ]),
         ),
     };
-    Mapping {
+    let mut mapping = Mapping {
         kind,
         settings,
         rules,
         value_maps,
+    };
+    if kind == Kind::Deal {
+        // Single-currency portals leave `deal_currency_code` blank; until the tenant says
+        // otherwise, their amounts are taken as US dollars (HubSpot's default company currency).
+        set_default_currency(&mut mapping, "USD");
     }
+    mapping
 }
 
 /// Sets the currency deals without their own `deal_currency_code` get (HubSpot leaves it blank

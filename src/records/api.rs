@@ -253,6 +253,8 @@ pub async fn execute(
         let mut tx = state.db.tenant(tenant).await?;
         let reply = run(&mut tx, op).await?;
         tx.commit().await?;
+        // The change is in the outbox: let the pushers know now rather than at the next pass.
+        crate::sync::wake(state).await;
         return Ok(to_response(&reply.stored(), false));
     };
 
@@ -267,6 +269,7 @@ pub async fn execute(
             let stored = reply.stored();
             idempotency::complete(&mut tx, &key, &stored).await?;
             tx.commit().await?;
+            crate::sync::wake(state).await;
             Ok(to_response(&stored, false))
         }
         Err(err) if err.status().is_client_error() => {

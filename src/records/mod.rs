@@ -13,7 +13,7 @@ pub mod stages;
 pub mod store;
 
 /// The kinds of canonical record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Contact,
     Deal,

@@ -171,10 +171,26 @@ pub async fn create(
     key: Option<&str>,
 ) -> Result<Written, Error> {
     let id = Uuid::now_v7();
-    let record = store::insert(tx, kind, id, fields, origin).await?;
+    let written = create_with_id(tx, kind, id, fields, origin).await?;
     if let Some(key) = key {
         links::attach(tx, key, kind, id).await?;
     }
+    Ok(Written {
+        created_key: key.map(str::to_string),
+        ..written
+    })
+}
+
+/// Creates a record with an id chosen by the caller (one decided before the write, such as the
+/// task an automation rule recorded it would create).
+pub async fn create_with_id(
+    tx: &mut TenantTx,
+    kind: Kind,
+    id: Uuid,
+    fields: &Fields,
+    origin: &str,
+) -> Result<Written, Error> {
+    let record = store::insert(tx, kind, id, fields, origin).await?;
     let changed = fields.present(kind);
     outbox::write(
         tx,
@@ -191,7 +207,7 @@ pub async fn create(
     Ok(Written {
         record,
         created: true,
-        created_key: key.map(str::to_string),
+        created_key: None,
     })
 }
 

@@ -18,6 +18,15 @@
 //! that dies mid-job leaves a lease that expires.
 
 pub mod control;
+pub mod dlq;
+pub mod inbound;
+pub mod outbound;
+pub mod poll;
+pub mod reconcile;
+pub mod retry;
+pub mod rules;
+pub mod runs;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -25,7 +34,13 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::app::AppState;
+use crate::connections::{self, tokens};
+use crate::connectors::hubspot::client::Client;
+use crate::connectors::hubspot::limiter::Limiter;
+use crate::error::Error;
 use crate::records::Kind;
+use crate::tenancy::TenantId;
+use retry::Failure;
 
 /// One unit of sync work. Payloads carry ids only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,4 +113,275 @@ pub async fn wake(state: &AppState) {
 /// Enqueues `job` unless one with the same key already waits. Logged, not returned, on failure.
 pub async fn enqueue(state: &AppState, job: SyncJob) {
     crate::jobs::enqueue_sync(state, job).await;
+}
+
+/// Sync jobs of one tenant that may run at once (so one tenant's backfill cannot take every
+/// worker).
+pub const TENANT_CAP: usize = 2;
+/// Sync jobs of one connection that may run at once.
+pub const CONNECTION_CAP: usize = 2;
+/// How long a concurrency slot is held at most if its worker dies.
+const SLOT_TTL: Duration = Duration::from_secs(10 * 60);
+
+/// A connection's CRM client.
+pub struct CrmClient {
+    pub api: Client,
+    /// The provider family (`hubspot`): the first part of link keys.
+    pub family: String,
+}
+
+/// A client for the connection's CRM with a valid access token (refreshed when due).
+pub async fn client(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+) -> Result<CrmClient, Failure> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let found = connections::find(&mut tx, connection).await?;
+    tx.commit().await?;
+    let provider = state.providers.get(&found.provider).ok_or_else(|| {
+        Failure::permanent(format!(
+            "provider {} is not configured in this deployment",
+            found.provider
+        ))
+    })?;
+    let token = tokens::access_token(state, tenant, connection).await?;
+    Ok(CrmClient {
+        api: Client::new(
+            state.http.clone(),
+            provider.api_base().clone(),
+            Limiter::new(
+                state.kv.clone(),
+                state.config.hubspot_limits.unwrap_or_default(),
+            ),
+            &found.remote_account_id,
+            token,
+        ),
+        family: provider.family().to_string(),
+    })
+}
+
+/// Runs one job: the entry point of the sync worker.
+pub async fn run(state: &AppState, job: SyncJob) -> Result<(), Error> {
+    // A new enqueue of the same work may wait behind this run from now on.
+    if let Err(err) = state.kv.delete(&job.pending_key()).await {
+        tracing::debug!(error = %err, "could not clear the pending mark");
+    }
+    let started = std::time::Instant::now();
+    let (tenant, connection) = match job {
+        SyncJob::Poll {
+            tenant, connection, ..
+        }
+        | SyncJob::Events { tenant, connection }
+        | SyncJob::Outbound { tenant, connection } => (Some(tenant), Some(connection)),
+        SyncJob::Replays { tenant } => (Some(tenant), None),
+        SyncJob::Deliveries | SyncJob::Reconcile => (None, None),
+    };
+    let mut slots = Vec::new();
+    for (name, cap) in [
+        (tenant.map(|t| format!("sync-slots:tenant:{t}")), TENANT_CAP),
+        (
+            connection.map(|c| format!("sync-slots:connection:{c}")),
+            CONNECTION_CAP,
+        ),
+    ] {
+        let Some(name) = name else { continue };
+        match state.kv.acquire_slot(&name, cap, SLOT_TTL).await {
+            Ok(Some(token)) => slots.push((name, token)),
+            Ok(None) => {
+                // At the cap: the work stays due in Postgres; the reconciler offers it again.
+                release(state, &slots).await;
+                metrics::counter!("ferry_sync_jobs_deferred_total").increment(1);
+                return Ok(());
+            }
+            Err(err) => {
+                release(state, &slots).await;
+                return Err(Error::from(err));
+            }
+        }
+    }
+    let result = match job {
+        SyncJob::Poll {
+            tenant,
+            connection,
+            object,
+        } => poll::run(state, TenantId(tenant), connection, object).await,
+        SyncJob::Events { tenant, connection } => {
+            webhooks::process(state, TenantId(tenant), connection).await
+        }
+        SyncJob::Outbound { tenant, connection } => {
+            outbound::run(state, TenantId(tenant), connection).await
+        }
+        SyncJob::Replays { tenant } => replays(state, TenantId(tenant)).await,
+        SyncJob::Deliveries => loop {
+            match webhooks::route_deliveries(state).await {
+                Ok(0) => break Ok(()),
+                Ok(_) => continue,
+                Err(err) => break Err(err),
+            }
+        },
+        SyncJob::Reconcile => reconcile::run(state).await.map(|_| ()),
+    };
+    release(state, &slots).await;
+    metrics::histogram!("ferry_sync_job_seconds", "job" => job_name(&job))
+        .record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn job_name(job: &SyncJob) -> &'static str {
+    match job {
+        SyncJob::Poll { .. } => "poll",
+        SyncJob::Events { .. } => "events",
+        SyncJob::Outbound { .. } => "outbound",
+        SyncJob::Replays { .. } => "replays",
+        SyncJob::Deliveries => "deliveries",
+        SyncJob::Reconcile => "reconcile",
+    }
+}
+
+async fn release(state: &AppState, slots: &[(String, String)]) {
+    for (name, token) in slots {
+        if let Err(err) = state.kv.release_slot(name, token).await {
+            tracing::debug!(error = %err, "could not release a concurrency slot (it expires)");
+        }
+    }
+}
+
+/// Runs a tenant's queued dead-letter replays, a few at a time.
+async fn replays(state: &AppState, tenant: TenantId) -> Result<(), Error> {
+    loop {
+        let mut tx = state.db.tenant(tenant).await?;
+        let letters = dlq::take_queued(&mut tx, 20).await?;
+        if letters.is_empty() {
+            return Ok(());
+        }
+        for letter in &letters {
+            let outcome = replay_one(state, tenant, &mut tx, letter).await;
+            match outcome {
+                Ok(()) => dlq::replayed(&mut tx, letter.id).await?,
+                Err(failure) => dlq::failed_again(&mut tx, letter.id, &failure).await?,
+            }
+        }
+        tx.commit().await?;
+    }
+}
+
+async fn replay_one(
+    state: &AppState,
+    tenant: TenantId,
+    tx: &mut crate::db::TenantTx,
+    letter: &dlq::Queued,
+) -> Result<(), Failure> {
+    let connection = letter.connection;
+    match (letter.direction.as_str(), letter.scope.as_str()) {
+        ("inbound", "record") => {
+            let crm = client(state, tenant, connection).await?;
+            let record = if letter.edited {
+                inbound::record_from_payload(&letter.payload)
+                    .ok_or_else(|| Failure::permanent("the edited payload is not a CRM record"))?
+            } else {
+                let remote_id = letter
+                    .remote_id
+                    .clone()
+                    .or_else(|| inbound::record_from_payload(&letter.payload).map(|r| r.id))
+                    .ok_or_else(|| Failure::permanent("the letter names no CRM record"))?;
+                let (object, modified) = poll::object_of(letter.object);
+                let mapping =
+                    crate::mapping::versions::current(tx, connection, &crm.family, letter.object)
+                        .await?;
+                let mut properties: Vec<String> =
+                    mapping.mapping.remote_properties().into_iter().collect();
+                properties.push(modified.to_string());
+                let found = crm
+                    .api
+                    .batch_read(object, std::slice::from_ref(&remote_id), &properties)
+                    .await?;
+                match found.results.into_iter().next() {
+                    Some(record) => record,
+                    None => {
+                        return Err(Failure::permanent(format!(
+                            "the CRM no longer has {} {remote_id}",
+                            letter.object.as_str()
+                        )));
+                    }
+                }
+            };
+            let mapping =
+                crate::mapping::versions::current(tx, connection, &crm.family, letter.object)
+                    .await?;
+            let ctx = inbound::Context {
+                connection,
+                kind: letter.object,
+                family: crm.family.clone(),
+                mapping,
+                origin: inbound::origin(connection),
+                force: true,
+            };
+            let applied = inbound::apply(tx, &ctx, std::slice::from_ref(&record)).await?;
+            let run =
+                runs::start(tx, connection, Some(letter.object), runs::RunKind::Replay).await?;
+            let mut counts = runs::Counts {
+                fetched: 1,
+                ..Default::default()
+            };
+            for item in &applied.items {
+                counts.count(item);
+            }
+            runs::record_items(tx, run, connection, &applied.items).await?;
+            runs::add(tx, run, counts).await?;
+            runs::finish(tx, run, None).await?;
+            rules::after_inbound(tx, &applied.items).await?;
+            if let Some(rejected) = applied.rejected.into_iter().next() {
+                return Err(rejected.failure);
+            }
+            Ok(())
+        }
+        ("outbound", "record") => {
+            let record = letter
+                .record_id
+                .ok_or_else(|| Failure::permanent("the letter names no Ferry record"))?;
+            let edited = if letter.edited {
+                letter
+                    .payload
+                    .get("properties")
+                    .and_then(|p| p.as_object())
+                    .cloned()
+            } else {
+                None
+            };
+            let item =
+                outbound::replay(state, tenant, connection, letter.object, record, edited).await?;
+            let run =
+                runs::start(tx, connection, Some(letter.object), runs::RunKind::Replay).await?;
+            let mut counts = runs::Counts {
+                fetched: 1,
+                ..Default::default()
+            };
+            counts.count(&item);
+            runs::record_items(tx, run, connection, std::slice::from_ref(&item)).await?;
+            runs::add(tx, run, counts).await?;
+            runs::finish(tx, run, None).await?;
+            Ok(())
+        }
+        (_, "poll") => {
+            control::sync_now(tx, connection, Some(letter.object)).await?;
+            Ok(())
+        }
+        (_, "events") => {
+            let tenant_id = tx.tenant_id();
+            sqlx::query!(
+                "UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                tenant_id.0,
+                connection
+            )
+            .execute(&mut **tx)
+            .await
+            .map_err(Failure::from)?;
+            Ok(())
+        }
+        (direction, scope) => Err(Failure::permanent(format!(
+            "unknown letter: {direction} {scope}"
+        ))),
+    }
 }

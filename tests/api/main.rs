@@ -20,3 +20,4 @@ mod readme;
 mod records;
 mod rls;
 mod roles;
+mod sync;

@@ -28,11 +28,22 @@ pub async fn setup_with(
     token_ttl_secs: u64,
     adjust: impl FnOnce(ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs,
 ) -> Setup {
+    setup_full(token_ttl_secs, &[], adjust).await
+}
+
+/// Like [`setup_with`], with extra variables for Ferry.
+pub async fn setup_full(
+    token_ttl_secs: u64,
+    vars: &[(&str, &str)],
+    adjust: impl FnOnce(ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs,
+) -> Setup {
     let crm_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind crm");
     let crm_base = format!("http://{}", crm_listener.local_addr().expect("addr"));
-    let app = spawn_app_with(&[("FERRY_SANDBOX_URL", &crm_base)]).await;
+    let mut all = vec![("FERRY_SANDBOX_URL", crm_base.as_str())];
+    all.extend_from_slice(vars);
+    let app = spawn_app_with(&all).await;
     let args = ferry::sandbox::SandboxArgs {
         redirect_uris: format!("{}/oauth/callback/hubspot", app.base),
         webhook_url: format!("{}/webhooks/hubspot", app.base),

@@ -310,4 +310,8 @@ impl Provider for HubSpot {
     fn api_base(&self) -> &Url {
         &self.app.api_url
     }
+
+    fn webhook_secret(&self) -> &SecretString {
+        &self.app.client_secret
+    }
 }

@@ -124,7 +124,13 @@ fn parse_instant(
     zone: Tz,
 ) -> Result<DateTime<Utc>, TransformError> {
     match format {
-        DateFormat::MsEpoch => from_millis(text, format),
+        // HubSpot writes dates as millisecond strings in webhooks and search filters but answers
+        // them as ISO 8601 from the CRM API: reading accepts both (writing uses milliseconds).
+        DateFormat::MsEpoch => from_millis(text, format).or_else(|err| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|_| err)
+        }),
         DateFormat::Rfc3339 => DateTime::parse_from_rfc3339(text)
             .map(|d| d.with_timezone(&Utc))
             .map_err(|_| format.error()),
@@ -287,6 +293,15 @@ mod tests {
         assert_eq!(
             format_datetime(at("2026-11-23T12:00:00Z"), &ms, Europe::Berlin),
             Ok(text("1795435200000"))
+        );
+        // What the CRM API answers for the same properties.
+        assert_eq!(
+            parse_datetime(text("2026-11-23T12:00:00.000Z"), &ms, Tz::UTC),
+            Ok(at("2026-11-23T12:00:00Z"))
+        );
+        assert_eq!(
+            parse_date(text("2026-11-23T00:00:00.000Z"), &ms, Tz::UTC),
+            Ok(date(2026, 11, 23))
         );
         assert_eq!(
             parse_datetime(text("23.11.2026"), &ms, Tz::UTC),

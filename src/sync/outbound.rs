@@ -1,0 +1,768 @@
+//! Local changes out to a connection's CRM: drain the connection's share of the tenant's outbox,
+//! coalesce changes per record, map them outbound (direction and ownership per field), and
+//! create, update or archive at the CRM. What was sent is stored on the link so the echo of the
+//! write, when it comes back by webhook or poll, is recognised and not applied again.
+//!
+//! Changes whose origin is this connection (its own inbound sync) are skipped: they came from
+//! the CRM. Contacts with an email are created through upsert by email (idempotent at the CRM:
+//! a retry after a crash between the CRM's answer and our commit updates instead of
+//! duplicating); other creates go one at a time, so each answer is matched to its record.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json, json};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::inbound::{self, link_key};
+use super::retry::{Class, Failure, Verdict, verdict};
+use super::runs::{self, Action, Counts, Item, RunKind};
+use super::{CrmClient, dlq, poll};
+use crate::app::AppState;
+use crate::connections::tokens;
+use crate::connectors::hubspot::client::{BatchInput, Record};
+use crate::db::TenantTx;
+use crate::error::Error;
+use crate::mapping::versions::{self, Current};
+use crate::mapping::{LocalChange, LocalRecord, RemoteRecord, apply_outbound};
+use crate::records::{Kind, store};
+use crate::tenancy::TenantId;
+
+/// Outbox rows read per batch.
+pub const BATCH: i64 = 100;
+/// Batches per job before yielding.
+pub const BATCHES_PER_JOB: usize = 10;
+/// How long a claimed drain stays claimed if its worker dies.
+pub const LEASE: Duration = Duration::from_secs(5 * 60);
+
+struct Row {
+    id: i64,
+    kind: Kind,
+    record: Uuid,
+    operation: String,
+    changed: Vec<String>,
+    origin: String,
+}
+
+/// One record's coalesced change.
+struct Pending {
+    kind: Kind,
+    record: Uuid,
+    delete: bool,
+    /// None: push every outbound field (a create).
+    changed: Option<BTreeSet<String>>,
+}
+
+/// What one record's push did.
+struct Pushed {
+    item: Item,
+    rejected: Option<(Failure, Json)>,
+    link: Option<Sent>,
+}
+
+/// What a push leaves on the link: its key, the CRM's modification time, what was sent.
+type Sent = (String, Option<DateTime<Utc>>, Map<String, Json>);
+
+pub async fn run(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let claimed = sqlx::query!(
+        "UPDATE sync_connections s SET outbound_retry_at = now() + make_interval(secs => $3)
+         FROM connections n
+         WHERE s.tenant_id = $1 AND s.connection_id = $2
+           AND (s.outbound_retry_at IS NULL OR s.outbound_retry_at <= now())
+           AND n.tenant_id = s.tenant_id AND n.id = s.connection_id AND n.status = 'active'
+         RETURNING s.outbound_failures",
+        tenant.0,
+        connection,
+        LEASE.as_secs_f64()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let Some(failures) = claimed.map(|r| r.outbound_failures) else {
+        return Ok(());
+    };
+    let mut more = false;
+    let mut client: Option<CrmClient> = None;
+    for _ in 0..BATCHES_PER_JOB {
+        match batch(state, tenant, connection, &mut client).await {
+            Ok(true) => more = true,
+            Ok(false) => {
+                more = false;
+                break;
+            }
+            Err(failure) => return failed(state, tenant, connection, failure, failures).await,
+        }
+    }
+    let mut tx = state.db.tenant(tenant).await?;
+    sqlx::query!(
+        "UPDATE sync_connections SET outbound_retry_at = NULL, outbound_failures = 0
+         WHERE tenant_id = $1 AND connection_id = $2",
+        tenant.0,
+        connection
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    if more {
+        super::enqueue(
+            state,
+            super::SyncJob::Outbound {
+                tenant: tenant.0,
+                connection,
+            },
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn failed(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    failure: Failure,
+    failures: i32,
+) -> Result<(), Error> {
+    let attempts = failures + 1;
+    tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "outbound push failed");
+    metrics::counter!("ferry_events_failed_total", "source" => "outbound").increment(1);
+    let mut tx = state.db.tenant(tenant).await?;
+    let delay = match verdict(&failure, attempts) {
+        Verdict::Retry(delay) => delay,
+        // The batch as a whole kept failing: keep it in line (the outbox is ordered) and try
+        // at the longest interval; the failures show on the connection.
+        Verdict::DeadLetter => super::retry::CAP,
+        Verdict::Park => {
+            if failure.class == Class::Auth && failure.status.is_some() {
+                tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message).await?;
+            }
+            Duration::ZERO
+        }
+    };
+    sqlx::query!(
+        "UPDATE sync_connections SET outbound_failures = $3, last_error = $4, last_error_at = now(),
+                outbound_retry_at = now() + make_interval(secs => $5)
+         WHERE tenant_id = $1 AND connection_id = $2",
+        tenant.0,
+        connection,
+        if failure.class == Class::Transient { attempts } else { 0 },
+        failure.message,
+        delay.as_secs_f64()
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Pushes one batch. `Ok(true)`: there may be more.
+async fn batch(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    client: &mut Option<CrmClient>,
+) -> Result<bool, Failure> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let position = sqlx::query_scalar!(
+        "SELECT outbox_position FROM sync_connections WHERE tenant_id = $1 AND connection_id = $2",
+        tenant.0,
+        connection
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let rows: Vec<Row> = sqlx::query!(
+        "SELECT id, record_kind, record_id, operation, changed_fields, origin FROM outbox
+         WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        tenant.0,
+        position,
+        BATCH
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter_map(|r| {
+        Some(Row {
+            id: r.id,
+            kind: Kind::parse(&r.record_kind)?,
+            record: r.record_id,
+            operation: r.operation,
+            changed: r.changed_fields,
+            origin: r.origin,
+        })
+    })
+    .collect();
+    tx.commit().await?;
+    let Some(last) = rows.last().map(|r| r.id) else {
+        return Ok(false);
+    };
+    let own = inbound::origin(connection);
+    // Coalesce per record, in first-seen order; the connection's own changes are not echoed.
+    let mut order: Vec<(Kind, Uuid)> = Vec::new();
+    let mut pending: HashMap<(Kind, Uuid), Pending> = HashMap::new();
+    for row in rows.iter().filter(|r| r.origin != own) {
+        let entry = pending.entry((row.kind, row.record)).or_insert_with(|| {
+            order.push((row.kind, row.record));
+            Pending {
+                kind: row.kind,
+                record: row.record,
+                delete: false,
+                changed: Some(BTreeSet::new()),
+            }
+        });
+        match row.operation.as_str() {
+            "delete" => entry.delete = true,
+            "create" => entry.changed = None,
+            _ => {
+                entry.delete = false;
+                if let Some(changed) = &mut entry.changed {
+                    changed.extend(row.changed.iter().cloned());
+                }
+            }
+        }
+    }
+    if order.is_empty() {
+        advance(state, tenant, connection, last, None, &[], &[]).await?;
+        return Ok(rows.len() as i64 == BATCH);
+    }
+    if client.is_none() {
+        *client = Some(super::client(state, tenant, connection).await?);
+    }
+    let Some(crm) = client.as_ref() else {
+        return Ok(false);
+    };
+    let mut mappings: HashMap<Kind, Current> = HashMap::new();
+    let mut results = Vec::new();
+    for key in &order {
+        let Some(change) = pending.get(key) else {
+            continue;
+        };
+        if let std::collections::hash_map::Entry::Vacant(slot) = mappings.entry(change.kind) {
+            let mut tx = state.db.tenant(tenant).await?;
+            let current = versions::current(&mut tx, connection, &crm.family, change.kind).await?;
+            tx.commit().await?;
+            slot.insert(current);
+        }
+        let Some(mapping) = mappings.get(&change.kind) else {
+            continue;
+        };
+        results.push(push_one(state, tenant, connection, crm, mapping, change).await?);
+    }
+    let items: Vec<Item> = results.iter().map(|p| p.item.clone()).collect();
+    advance(
+        state,
+        tenant,
+        connection,
+        last,
+        Some(&results),
+        &items,
+        &order,
+    )
+    .await?;
+    Ok(rows.len() as i64 == BATCH)
+}
+
+fn hash(sent: &Map<String, Json>) -> Vec<u8> {
+    let canonical = serde_json::to_vec(sent).unwrap_or_default();
+    Sha256::digest(&canonical).to_vec()
+}
+
+/// Commits a batch: links and what was sent, dead letters, history, and the new position.
+async fn advance(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    last: i64,
+    results: Option<&[Pushed]>,
+    items: &[Item],
+    _order: &[(Kind, Uuid)],
+) -> Result<(), Failure> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let run = if items.is_empty() {
+        None
+    } else {
+        Some(runs::start(&mut tx, connection, None, RunKind::Outbound).await?)
+    };
+    for pushed in results.unwrap_or_default() {
+        if let Some((key, remote_at, sent)) = &pushed.link
+            && let Some(record) = pushed.item.record_id
+        {
+            save_link(
+                &mut tx,
+                connection,
+                key,
+                pushed.item.object,
+                record,
+                *remote_at,
+                sent,
+            )
+            .await?;
+        }
+        if let Some((failure, payload)) = &pushed.rejected {
+            dlq::file(
+                &mut tx,
+                &dlq::Letter {
+                    connection,
+                    object: pushed.item.object,
+                    direction: "outbound",
+                    scope: dlq::Scope::Record,
+                    remote_id: pushed.item.remote_id.as_deref(),
+                    record_id: pushed.item.record_id,
+                    payload,
+                    failure,
+                    attempts: 1,
+                    run_id: run,
+                },
+            )
+            .await?;
+        }
+    }
+    if let Some(run) = run {
+        let mut counts = Counts::default();
+        for item in items {
+            counts.count(item);
+        }
+        counts.fetched = items.len() as i32;
+        runs::record_items(&mut tx, run, connection, items).await?;
+        runs::add(&mut tx, run, counts).await?;
+        runs::finish(&mut tx, run, None).await?;
+    }
+    sqlx::query!(
+        "UPDATE sync_connections SET outbox_position = GREATEST(outbox_position, $3)
+         WHERE tenant_id = $1 AND connection_id = $2",
+        tenant.0,
+        connection,
+        last
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Records (or re-points) the link and stores what was sent.
+pub async fn save_link(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    key: &str,
+    kind: Kind,
+    record: Uuid,
+    remote_at: Option<DateTime<Utc>>,
+    sent: &Map<String, Json>,
+) -> Result<(), Error> {
+    let tenant = tx.tenant_id();
+    let pushed = Json::Object(sent.clone());
+    sqlx::query!(
+        "INSERT INTO external_links (tenant_id, key, record_kind, record_id, connection_id,
+                                     remote_updated_at, pushed, pushed_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (tenant_id, key) DO UPDATE
+         SET connection_id = EXCLUDED.connection_id,
+             remote_updated_at = GREATEST(external_links.remote_updated_at, EXCLUDED.remote_updated_at),
+             pushed = coalesce(external_links.pushed, '{}'::jsonb) || EXCLUDED.pushed,
+             pushed_hash = EXCLUDED.pushed_hash",
+        tenant.0,
+        key,
+        kind.as_str(),
+        record,
+        connection,
+        remote_at,
+        pushed,
+        hash(sent)
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+struct LinkRow {
+    key: String,
+    remote_updated_at: Option<DateTime<Utc>>,
+    pushed: Option<Json>,
+}
+
+/// The record's link at this connection's CRM (`family:kind:id`), if any.
+async fn link_of(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    family: &str,
+    kind: Kind,
+    record: Uuid,
+) -> Result<Option<LinkRow>, Error> {
+    let tenant = tx.tenant_id();
+    let prefix = format!("{family}:{}:", kind.as_str());
+    let row = sqlx::query!(
+        "SELECT key, remote_updated_at, pushed FROM external_links
+         WHERE tenant_id = $1 AND record_kind = $2 AND record_id = $3
+           AND (connection_id = $4 OR connection_id IS NULL) AND starts_with(key, $5)
+         ORDER BY connection_id IS NULL, created_at LIMIT 1",
+        tenant.0,
+        kind.as_str(),
+        record,
+        connection,
+        prefix
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| LinkRow {
+        key: r.key,
+        remote_updated_at: r.remote_updated_at,
+        pushed: r.pushed,
+    }))
+}
+
+fn remote_id_of(key: &str) -> &str {
+    key.splitn(3, ':').nth(2).unwrap_or("")
+}
+
+fn as_strings(properties: &Map<String, Json>) -> BTreeMap<String, String> {
+    properties
+        .iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Json::Null => String::new(),
+                Json::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (name.clone(), text)
+        })
+        .collect()
+}
+
+/// Pushes one record. Errors of the record itself come back as `rejected`; an `Err` stops the
+/// batch (transient or auth: the whole batch is retried, nothing was committed).
+async fn push_one(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    crm: &CrmClient,
+    mapping: &Current,
+    change: &Pending,
+) -> Result<Pushed, Failure> {
+    let started = std::time::Instant::now();
+    let kind = change.kind;
+    let (object, _) = poll::object_of(kind);
+    let mut tx = state.db.tenant(tenant).await?;
+    let stored = store::fetch(&mut tx, kind, change.record).await?;
+    let link = link_of(&mut tx, connection, &crm.family, kind, change.record).await?;
+    let linked_remote = match (kind, &stored) {
+        (Kind::Task, Some(task)) => match task.fields.linked("linked") {
+            Some((to_kind, to_id)) => link_of(&mut tx, connection, &crm.family, to_kind, to_id)
+                .await?
+                .map(|l| (to_kind, remote_id_of(&l.key).to_string())),
+            None => None,
+        },
+        _ => None,
+    };
+    tx.commit().await?;
+    let mut item = Item {
+        object: kind,
+        direction: "outbound",
+        record_id: Some(change.record),
+        remote_id: link.as_ref().map(|l| remote_id_of(&l.key).to_string()),
+        action: Action::Skipped,
+        outcome: "ok",
+        error_class: None,
+        error: None,
+        mapping_version: Some(mapping.version),
+        changes: None,
+        latency_ms: None,
+    };
+    let Some(stored) = stored else {
+        return Ok(Pushed {
+            item,
+            rejected: None,
+            link: None,
+        });
+    };
+    if change.delete || stored.deleted_at.is_some() {
+        if let Some(link) = &link {
+            crm.api
+                .batch_archive(object, &[remote_id_of(&link.key).to_string()])
+                .await
+                .map_err(Failure::from)
+                .or_else(|f| {
+                    if f.status == Some(404) {
+                        Ok(())
+                    } else {
+                        Err(f)
+                    }
+                })?;
+            item.action = Action::Deleted;
+        }
+        item.latency_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
+        return Ok(Pushed {
+            item,
+            rejected: None,
+            link: None,
+        });
+    }
+    let local = LocalRecord::new(
+        Some(change.record.to_string()),
+        stored.fields.to_json(kind),
+        stored.updated_at,
+    );
+    let last_known = link.as_ref().map(|l| {
+        let properties = match &l.pushed {
+            Some(Json::Object(p)) => p.clone(),
+            _ => Map::new(),
+        };
+        RemoteRecord::new(
+            remote_id_of(&l.key),
+            properties,
+            l.remote_updated_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+        )
+    });
+    let changed: Option<Vec<String>> = match (&link, &change.changed) {
+        // Not at the CRM yet: send everything.
+        (None, _) | (_, None) => None,
+        (Some(_), Some(set)) => Some(set.iter().cloned().collect()),
+    };
+    let out = apply_outbound(
+        LocalChange {
+            record: &local,
+            changed: changed.as_deref(),
+        },
+        &mapping.mapping,
+        last_known.as_ref(),
+    );
+    let payload = json!({ "record_id": change.record, "properties": out.properties });
+    if !out.errors.is_empty() {
+        let failure = Failure::permanent(
+            out.errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        item.action = Action::Failed;
+        item.outcome = "dead_lettered";
+        item.error_class = Some("permanent");
+        item.error = Some(failure.message.clone());
+        return Ok(Pushed {
+            item,
+            rejected: Some((failure, payload)),
+            link: None,
+        });
+    }
+    send(
+        crm,
+        object,
+        kind,
+        link.as_ref(),
+        out.properties,
+        linked_remote,
+        item,
+        started,
+    )
+    .await
+}
+
+/// Sends mapped properties: update when linked, else create (contacts with an email: upsert by
+/// email). Also used by replays of outbound dead letters.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    crm: &CrmClient,
+    object: &str,
+    kind: Kind,
+    link: Option<&LinkRow>,
+    properties: Map<String, Json>,
+    linked_remote: Option<(Kind, String)>,
+    mut item: Item,
+    started: std::time::Instant,
+) -> Result<Pushed, Failure> {
+    let payload = json!({ "record_id": item.record_id, "properties": properties });
+    if properties.is_empty() && link.is_some() {
+        item.action = Action::Unchanged;
+        return Ok(Pushed {
+            item,
+            rejected: None,
+            link: None,
+        });
+    }
+    let sent = as_strings(&properties);
+    let answer = match link {
+        Some(link) => crm
+            .api
+            .batch_update(
+                object,
+                &[BatchInput {
+                    id: Some(remote_id_of(&link.key).to_string()),
+                    id_property: None,
+                    properties: sent.clone(),
+                }],
+            )
+            .await
+            .map(|o| (o, Action::Updated)),
+        None => {
+            let email = sent.get("email").filter(|e| !e.is_empty()).cloned();
+            match (kind, email) {
+                (Kind::Contact, Some(email)) => crm
+                    .api
+                    .batch_upsert(
+                        object,
+                        &[BatchInput {
+                            id: Some(email),
+                            id_property: Some("email".into()),
+                            properties: sent.clone(),
+                        }],
+                    )
+                    .await
+                    .map(|o| (o, Action::Created)),
+                _ => crm
+                    .api
+                    .batch_create(
+                        object,
+                        &[BatchInput {
+                            id: None,
+                            id_property: None,
+                            properties: sent.clone(),
+                        }],
+                    )
+                    .await
+                    .map(|o| (o, Action::Created)),
+            }
+        }
+    };
+    let (outcome, action) = match answer {
+        Ok(answer) => answer,
+        Err(err) => {
+            let failure = Failure::from(err);
+            if failure.class == Class::Permanent {
+                item.action = Action::Failed;
+                item.outcome = "dead_lettered";
+                item.error_class = Some("permanent");
+                item.error = Some(failure.message.clone());
+                return Ok(Pushed {
+                    item,
+                    rejected: Some((failure, payload)),
+                    link: None,
+                });
+            }
+            return Err(failure);
+        }
+    };
+    let Some(result) = outcome.results.first() else {
+        let message = outcome
+            .errors
+            .first()
+            .map(|e| e["message"].as_str().unwrap_or("rejected").to_string())
+            .unwrap_or_else(|| "the CRM returned no result".into());
+        let failure = Failure::permanent(message);
+        item.action = Action::Failed;
+        item.outcome = "dead_lettered";
+        item.error_class = Some("permanent");
+        item.error = Some(failure.message.clone());
+        return Ok(Pushed {
+            item,
+            rejected: Some((failure, payload)),
+            link: None,
+        });
+    };
+    if action == Action::Created
+        && let Some((to_kind, to_id)) = &linked_remote
+    {
+        // The record exists at the CRM now: a failed association must not make the batch retry
+        // (and create it twice). It is noted on the item and logged.
+        let (to_object, _) = poll::object_of(*to_kind);
+        if let Err(err) = crm
+            .api
+            .associate_default(object, &result.id, to_object, to_id)
+            .await
+        {
+            tracing::warn!(error = %err, "created, but the association failed");
+            item.error = Some(format!("created, but the association failed: {err}"));
+        }
+    }
+    item.action = action;
+    item.remote_id = Some(result.id.clone());
+    item.changes = Some(Json::Object(
+        properties
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({ "after": v })))
+            .collect(),
+    ));
+    item.latency_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
+    let key = link_key(&crm.family, kind, &result.id);
+    let sent_json: Map<String, Json> = sent
+        .into_iter()
+        .map(|(k, v)| (k, Json::String(v)))
+        .collect();
+    Ok(Pushed {
+        item,
+        rejected: None,
+        link: Some((key, remote_time(result), sent_json)),
+    })
+}
+
+fn remote_time(record: &Record) -> Option<DateTime<Utc>> {
+    Some(inbound::updated_at(record)).filter(|t| *t > DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// Replays an outbound dead letter: pushes the record's current state (or the operator's edited
+/// properties) and records the link. Returns the history item.
+pub async fn replay(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    kind: Kind,
+    record: Uuid,
+    edited: Option<Map<String, Json>>,
+) -> Result<Item, Failure> {
+    let crm = super::client(state, tenant, connection).await?;
+    let mut tx = state.db.tenant(tenant).await?;
+    let mapping = versions::current(&mut tx, connection, &crm.family, kind).await?;
+    tx.commit().await?;
+    let pushed = match edited {
+        None => {
+            let change = Pending {
+                kind,
+                record,
+                delete: false,
+                changed: None,
+            };
+            push_one(state, tenant, connection, &crm, &mapping, &change).await?
+        }
+        Some(properties) => {
+            let mut tx = state.db.tenant(tenant).await?;
+            let link = link_of(&mut tx, connection, &crm.family, kind, record).await?;
+            tx.commit().await?;
+            let item = Item {
+                object: kind,
+                direction: "outbound",
+                record_id: Some(record),
+                remote_id: link.as_ref().map(|l| remote_id_of(&l.key).to_string()),
+                action: Action::Skipped,
+                outcome: "ok",
+                error_class: None,
+                error: None,
+                mapping_version: Some(mapping.version),
+                changes: None,
+                latency_ms: None,
+            };
+            let (object, _) = poll::object_of(kind);
+            send(
+                &crm,
+                object,
+                kind,
+                link.as_ref(),
+                properties,
+                None,
+                item,
+                std::time::Instant::now(),
+            )
+            .await?
+        }
+    };
+    if let Some((failure, _)) = pushed.rejected {
+        return Err(failure);
+    }
+    if let Some((key, remote_at, sent)) = &pushed.link {
+        let mut tx = state.db.tenant(tenant).await?;
+        save_link(&mut tx, connection, key, kind, record, *remote_at, sent).await?;
+        tx.commit().await?;
+    }
+    Ok(pushed.item)
+}

@@ -1,0 +1,450 @@
+//! Cursor syncs: page through the CRM's search sorted by last-modified ascending; commit each
+//! page's records together with the cursor's new position, so a worker killed mid-backfill
+//! resumes from the last committed page and nothing is applied twice.
+//!
+//! HubSpot answers at most 10,000 results per query: before reaching that, a new query starts
+//! from the last timestamp seen (the records at the boundary come again and are recognised as
+//! unchanged). Fresh writes appear in search after a short delay, so each incremental query
+//! starts [`OVERLAP`] before the watermark.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::inbound::{self, Context};
+use super::retry::{Class, Failure, Verdict, verdict};
+use super::runs::{self, Counts, RunKind};
+use super::{SyncJob, dlq};
+use crate::app::AppState;
+use crate::connections::tokens;
+use crate::connectors::hubspot::client::{Filter, Search};
+use crate::db::TenantTx;
+use crate::error::Error;
+use crate::mapping::versions;
+use crate::records::Kind;
+use crate::tenancy::TenantId;
+
+/// Results per search page (HubSpot's maximum).
+pub const PAGE: u32 = 200;
+/// Results one query may return before HubSpot refuses to page further.
+pub const QUERY_CAP: i32 = 10_000;
+/// How far before the watermark an incremental query starts (search lag).
+pub const OVERLAP: Duration = Duration::from_secs(30);
+/// How long a claimed poll stays claimed if its worker dies.
+pub const LEASE: Duration = Duration::from_secs(5 * 60);
+/// Pages per job; then the job yields (re-enqueues itself) so other connections get a turn.
+pub const PAGES_PER_JOB: usize = 10;
+
+/// The CRM object and its last-modified property.
+pub fn object_of(kind: Kind) -> (&'static str, &'static str) {
+    match kind {
+        Kind::Contact => ("contacts", "lastmodifieddate"),
+        Kind::Deal => ("deals", "hs_lastmodifieddate"),
+        Kind::Task => ("tasks", "hs_lastmodifieddate"),
+    }
+}
+
+struct Cursor {
+    query_from: Option<DateTime<Utc>>,
+    query_after: Option<String>,
+    query_offset: i32,
+    watermark: Option<DateTime<Utc>>,
+    backfilled: bool,
+    backfill_total: Option<i64>,
+    failures: i32,
+    last_run_id: Option<i64>,
+    interval: Duration,
+}
+
+/// Claims the poll if it is due and the connection active: pushes `next_poll_at` a lease ahead.
+async fn claim(tx: &mut TenantTx, connection: Uuid, kind: Kind) -> Result<Option<Cursor>, Error> {
+    let tenant = tx.tenant_id();
+    let row = sqlx::query!(
+        "UPDATE sync_cursors c SET next_poll_at = now() + make_interval(secs => $4)
+         FROM connections n
+         WHERE c.tenant_id = $1 AND c.connection_id = $2 AND c.object = $3
+           AND c.next_poll_at <= now()
+           AND n.tenant_id = c.tenant_id AND n.id = c.connection_id AND n.status = 'active'
+         RETURNING c.query_from, c.query_after, c.query_offset, c.watermark,
+                   c.backfilled_at IS NOT NULL AS \"backfilled!\", c.backfill_total, c.failures,
+                   c.last_run_id, (n.settings->>'poll_interval_secs')::bigint AS interval_secs",
+        tenant.0,
+        connection,
+        kind.as_str(),
+        LEASE.as_secs_f64()
+    )
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(row.map(|r| Cursor {
+        query_from: r.query_from,
+        query_after: r.query_after,
+        query_offset: r.query_offset,
+        watermark: r.watermark,
+        backfilled: r.backfilled,
+        backfill_total: r.backfill_total,
+        failures: r.failures,
+        last_run_id: r.last_run_id,
+        interval: r
+            .interval_secs
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs)
+            .unwrap_or(super::control::DEFAULT_POLL_INTERVAL),
+    }))
+}
+
+/// Runs a due poll of one connection and kind: up to [`PAGES_PER_JOB`] pages.
+pub async fn run(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    kind: Kind,
+) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let Some(cursor) = claim(&mut tx, connection, kind).await? else {
+        return Ok(());
+    };
+    tx.commit().await?;
+    match pages(state, tenant, connection, kind, cursor).await {
+        Ok(more) => {
+            if more {
+                super::enqueue(
+                    state,
+                    SyncJob::Poll {
+                        tenant: tenant.0,
+                        connection,
+                        object: kind,
+                    },
+                )
+                .await;
+            }
+            Ok(())
+        }
+        Err((failure, failures, run)) => {
+            failed(state, tenant, connection, kind, failure, failures, run).await
+        }
+    }
+}
+
+/// Pages until the query is exhausted or the job's share is used. `Ok(true)`: more to do now.
+async fn pages(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    kind: Kind,
+    mut cursor: Cursor,
+) -> Result<bool, (Failure, i32, Option<i64>)> {
+    let failures = cursor.failures;
+    let fail = move |f: Failure, run: Option<i64>| (f, failures, run);
+    let client = super::client(state, tenant, connection)
+        .await
+        .map_err(|f| (f, cursor.failures, None))?;
+    let mut tx = state
+        .db
+        .tenant(tenant)
+        .await
+        .map_err(|e| fail(e.into(), None))?;
+    let mapping = versions::current(&mut tx, connection, &client.family, kind)
+        .await
+        .map_err(|e| fail(e.into(), None))?;
+    tx.commit().await.map_err(|e| fail(e.into(), None))?;
+    let (object, modified) = object_of(kind);
+    let mut properties: Vec<String> = mapping.mapping.remote_properties().into_iter().collect();
+    if !properties.iter().any(|p| p == modified) {
+        properties.push(modified.to_string());
+    }
+    let ctx = Context {
+        connection,
+        kind,
+        family: client.family.clone(),
+        mapping,
+        origin: inbound::origin(connection),
+        force: !cursor.backfilled,
+    };
+    // A run spans the pages of one job; a poll that finds nothing leaves no run behind.
+    let run_kind = if cursor.backfilled {
+        RunKind::Incremental
+    } else {
+        RunKind::Backfill
+    };
+    let mut run: Option<i64> = None;
+    for _ in 0..PAGES_PER_JOB {
+        let search = Search {
+            filter_groups: match cursor.query_from {
+                Some(from) => vec![vec![Filter {
+                    property: modified.to_string(),
+                    operator: "GTE".into(),
+                    value: Some(from.timestamp_millis().to_string()),
+                }]],
+                None => vec![],
+            },
+            sort: Some((modified.to_string(), true)),
+            properties: properties.clone(),
+            limit: PAGE,
+            after: cursor.query_after.clone(),
+        };
+        let page = client
+            .api
+            .search(object, &search)
+            .await
+            .map_err(|e| fail(e.into(), run))?;
+        let mut tx = state
+            .db
+            .tenant(tenant)
+            .await
+            .map_err(|e| fail(e.into(), run))?;
+        let step = async {
+            if run.is_none() && !page.results.is_empty() {
+                let id = match (cursor.backfilled, cursor.last_run_id) {
+                    // A backfill keeps one run across jobs (and restarts after a crash).
+                    (false, Some(id)) if still_running(&mut tx, id).await? => id,
+                    _ => runs::start(&mut tx, connection, Some(kind), run_kind).await?,
+                };
+                run = Some(id);
+            }
+            let applied = inbound::apply(&mut tx, &ctx, &page.results).await?;
+            let mut counts = Counts {
+                fetched: page.results.len() as i32,
+                ..Counts::default()
+            };
+            for item in &applied.items {
+                counts.count(item);
+            }
+            if let Some(run) = run {
+                runs::record_items(&mut tx, run, connection, &applied.items).await?;
+                runs::add(&mut tx, run, counts).await?;
+            }
+            for rejected in &applied.rejected {
+                dlq::file(
+                    &mut tx,
+                    &dlq::Letter {
+                        connection,
+                        object: kind,
+                        direction: "inbound",
+                        scope: dlq::Scope::Record,
+                        remote_id: Some(&rejected.remote_id),
+                        record_id: rejected.record_id,
+                        payload: &rejected.payload,
+                        failure: &rejected.failure,
+                        attempts: 1,
+                        run_id: run,
+                    },
+                )
+                .await?;
+            }
+            super::rules::after_inbound(&mut tx, &applied.items).await?;
+            let done = advance(&mut tx, connection, kind, &mut cursor, &page, &ctx, run).await?;
+            Ok::<bool, Error>(done)
+        };
+        let done = step.await.map_err(|e| fail(e.into(), run))?;
+        tx.commit().await.map_err(|e| fail(e.into(), run))?;
+        metrics::counter!("ferry_records_fetched_total", "object" => kind.as_str())
+            .increment(page.results.len() as u64);
+        if done {
+            return Ok(false);
+        }
+    }
+    // The job's share is used: let the poll be claimed again at once.
+    let mut tx = state
+        .db
+        .tenant(tenant)
+        .await
+        .map_err(|e| fail(e.into(), run))?;
+    sqlx::query!(
+        "UPDATE sync_cursors SET next_poll_at = now(), last_run_id = coalesce($4, last_run_id)
+         WHERE tenant_id = $1 AND connection_id = $2 AND object = $3",
+        tenant.0,
+        connection,
+        kind.as_str(),
+        run
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fail(e.into(), run))?;
+    tx.commit().await.map_err(|e| fail(e.into(), run))?;
+    Ok(true)
+}
+
+async fn still_running(tx: &mut TenantTx, run: i64) -> Result<bool, Error> {
+    let tenant = tx.tenant_id();
+    Ok(sqlx::query_scalar!(
+        "SELECT finished_at IS NULL AS \"open!\" FROM sync_runs WHERE tenant_id = $1 AND id = $2",
+        tenant.0,
+        run
+    )
+    .fetch_optional(&mut **tx)
+    .await?
+    .unwrap_or(false))
+}
+
+/// Moves the cursor past a committed page. Returns true when the query is exhausted (the poll
+/// is done until its next interval).
+async fn advance(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    kind: Kind,
+    cursor: &mut Cursor,
+    page: &crate::connectors::hubspot::client::SearchPage,
+    ctx: &Context,
+    run: Option<i64>,
+) -> Result<bool, Error> {
+    let tenant = tx.tenant_id();
+    let last = page
+        .results
+        .iter()
+        .map(|r| (inbound::updated_at(r), r.id.clone()))
+        .max_by(|a, b| a.0.cmp(&b.0));
+    if let Some((at, _)) = &last {
+        cursor.watermark = Some(cursor.watermark.map_or(*at, |w| w.max(*at)));
+    }
+    let fetched = page.results.len() as i32;
+    if cursor.backfill_total.is_none() && !cursor.backfilled {
+        cursor.backfill_total = Some(page.total as i64);
+    }
+    let exhausted = page.after.is_none() || page.results.is_empty();
+    let offset = cursor.query_offset + fetched;
+    let finished_backfill = exhausted && !cursor.backfilled;
+    if exhausted {
+        // Next time: from a little before the newest change seen.
+        let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
+        cursor.query_from = cursor.watermark.map(|w| w - overlap).or(cursor.query_from);
+        cursor.query_after = None;
+        cursor.query_offset = 0;
+    } else if offset + PAGE as i32 > QUERY_CAP {
+        // Near the cap: a new query from the last timestamp seen (inclusive).
+        let from = last.as_ref().map(|(at, _)| *at);
+        cursor.query_from = match (from, cursor.query_from) {
+            // Ten thousand changes in one millisecond: step past it rather than loop forever.
+            (Some(from), Some(prev)) if from <= prev => {
+                tracing::warn!(%connection, kind = kind.as_str(), "a full query shares one timestamp; stepping past it");
+                Some(prev + chrono::Duration::milliseconds(1))
+            }
+            (from, prev) => from.or(prev),
+        };
+        cursor.query_after = None;
+        cursor.query_offset = 0;
+    } else {
+        cursor.query_after = page.after.clone();
+        cursor.query_offset = offset;
+    }
+    let watermark_id = last.map(|(_, id)| id);
+    sqlx::query!(
+        "UPDATE sync_cursors SET
+            query_from = $4, query_after = $5, query_offset = $6,
+            watermark = $7, watermark_id = coalesce($8, watermark_id),
+            backfill_total = coalesce(backfill_total, $9),
+            backfill_done = backfill_done + CASE WHEN backfilled_at IS NULL THEN $10 ELSE 0 END,
+            backfilled_at = CASE WHEN $11 THEN now() ELSE backfilled_at END,
+            next_poll_at = CASE WHEN $12 THEN now() + make_interval(secs => $13)
+                                ELSE next_poll_at END,
+            failures = 0, last_error = NULL, last_success_at = now(),
+            last_run_id = coalesce($14, last_run_id)
+         WHERE tenant_id = $1 AND connection_id = $2 AND object = $3",
+        tenant.0,
+        connection,
+        kind.as_str(),
+        cursor.query_from,
+        cursor.query_after,
+        cursor.query_offset,
+        cursor.watermark,
+        watermark_id,
+        cursor.backfill_total,
+        fetched,
+        finished_backfill,
+        exhausted,
+        cursor.interval.as_secs_f64(),
+        run
+    )
+    .execute(&mut **tx)
+    .await?;
+    if finished_backfill {
+        cursor.backfilled = true;
+    }
+    if exhausted {
+        if let Some(run) = run {
+            runs::finish(tx, run, None).await?;
+        }
+        // A poll that had been dead-lettered works again: its letter is resolved.
+        sqlx::query!(
+            "UPDATE dead_letters SET status = 'replayed', acted_at = now()
+             WHERE tenant_id = $1 AND connection_id = $2 AND object = $3 AND scope = 'poll'
+               AND status IN ('open', 'queued')",
+            tenant.0,
+            connection,
+            kind.as_str()
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
+    let _ = ctx;
+    Ok(exhausted)
+}
+
+/// A poll failed: back off, dead-letter after the last attempt (and keep polling at the longest
+/// interval, so it heals by itself), or park the connection's work until it is reconnected.
+async fn failed(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    kind: Kind,
+    failure: Failure,
+    failures: i32,
+    run: Option<i64>,
+) -> Result<(), Error> {
+    let attempts = failures + 1;
+    tracing::warn!(%connection, kind = kind.as_str(), attempts, class = failure.class.as_str(), error = %failure.message, "poll failed");
+    metrics::counter!("ferry_events_failed_total", "source" => "poll").increment(1);
+    let mut tx = state.db.tenant(tenant).await?;
+    if let Some(run) = run {
+        runs::finish(&mut tx, run, Some(&failure.message)).await?;
+    }
+    let delay = match verdict(&failure, attempts) {
+        Verdict::Retry(delay) => Some(delay),
+        Verdict::DeadLetter => {
+            dlq::file(
+                &mut tx,
+                &dlq::Letter {
+                    connection,
+                    object: kind,
+                    direction: "inbound",
+                    scope: dlq::Scope::Poll,
+                    remote_id: None,
+                    record_id: None,
+                    payload: &serde_json::json!({}),
+                    failure: &failure,
+                    attempts,
+                    run_id: run,
+                },
+            )
+            .await?;
+            Some(super::retry::CAP)
+        }
+        Verdict::Park => {
+            if failure.class == Class::Auth && failure.status.is_some() {
+                tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message).await?;
+            }
+            // Due again at once; the reconciler leaves it alone until the connection is active.
+            Some(Duration::ZERO)
+        }
+    };
+    let secs = delay.unwrap_or_default().as_secs_f64();
+    sqlx::query!(
+        "UPDATE sync_cursors SET failures = $4, last_error = $5, last_error_at = now(),
+                next_poll_at = now() + make_interval(secs => $6)
+         WHERE tenant_id = $1 AND connection_id = $2 AND object = $3",
+        tenant.0,
+        connection,
+        kind.as_str(),
+        if failure.class == Class::Transient {
+            attempts
+        } else {
+            0
+        },
+        failure.message,
+        secs
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,224 @@
+//! Sync history as the engine writes it: a run per unit of work, an item per record touched.
+//! (Pages that read it live in `crate::history`.)
+
+use serde_json::Value as Json;
+use uuid::Uuid;
+
+use crate::db::TenantTx;
+use crate::error::Error;
+use crate::records::Kind;
+
+/// What kind of work a run was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Backfill,
+    Incremental,
+    Webhook,
+    Outbound,
+    Replay,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backfill => "backfill",
+            RunKind::Incremental => "incremental",
+            RunKind::Webhook => "webhook",
+            RunKind::Outbound => "outbound",
+            RunKind::Replay => "replay",
+        }
+    }
+}
+
+/// Counts of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub fetched: i32,
+    pub created: i32,
+    pub updated: i32,
+    pub unchanged: i32,
+    pub skipped: i32,
+    pub failed: i32,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: Counts) {
+        self.fetched += other.fetched;
+        self.created += other.created;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+    }
+
+    /// Counts one item by its action.
+    pub fn count(&mut self, item: &Item) {
+        match item.action {
+            Action::Created => self.created += 1,
+            Action::Updated | Action::Linked | Action::Deleted | Action::Merged => {
+                self.updated += 1
+            }
+            Action::Unchanged | Action::Echo => self.unchanged += 1,
+            Action::Skipped => self.skipped += 1,
+            Action::Failed => self.failed += 1,
+        }
+    }
+}
+
+/// What happened to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Created,
+    Updated,
+    Unchanged,
+    Linked,
+    Deleted,
+    Merged,
+    Skipped,
+    /// The echo of Ferry's own write: recognised and not applied.
+    Echo,
+    Failed,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Unchanged => "unchanged",
+            Action::Linked => "linked",
+            Action::Deleted => "deleted",
+            Action::Merged => "merged",
+            Action::Skipped => "skipped",
+            Action::Echo => "echo",
+            Action::Failed => "failed",
+        }
+    }
+}
+
+/// One history item, as collected while a page or batch is processed.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub object: Kind,
+    pub direction: &'static str,
+    pub record_id: Option<Uuid>,
+    pub remote_id: Option<String>,
+    pub action: Action,
+    /// `ok`, `failed` or `dead_lettered`.
+    pub outcome: &'static str,
+    pub error_class: Option<&'static str>,
+    pub error: Option<String>,
+    pub mapping_version: Option<i32>,
+    pub changes: Option<Json>,
+    pub latency_ms: Option<i32>,
+}
+
+/// Starts a run.
+pub async fn start(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    object: Option<Kind>,
+    kind: RunKind,
+) -> Result<i64, Error> {
+    let tenant = tx.tenant_id();
+    let id = sqlx::query_scalar!(
+        "INSERT INTO sync_runs (tenant_id, connection_id, object, kind)
+         VALUES ($1, $2, $3, $4) RETURNING id",
+        tenant.0,
+        connection,
+        object.map(Kind::as_str),
+        kind.as_str()
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Adds counts to a run (and keeps it running).
+pub async fn add(tx: &mut TenantTx, run: i64, counts: Counts) -> Result<(), Error> {
+    let tenant = tx.tenant_id();
+    sqlx::query!(
+        "UPDATE sync_runs SET fetched = fetched + $3, created = created + $4,
+                updated = updated + $5, unchanged = unchanged + $6, skipped = skipped + $7,
+                failed = failed + $8
+         WHERE tenant_id = $1 AND id = $2",
+        tenant.0,
+        run,
+        counts.fetched,
+        counts.created,
+        counts.updated,
+        counts.unchanged,
+        counts.skipped,
+        counts.failed
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Ends a run: `succeeded` when nothing failed, `partial` when some items failed, `failed` with
+/// `error` when the run itself could not go on.
+pub async fn finish(tx: &mut TenantTx, run: i64, error: Option<&str>) -> Result<(), Error> {
+    let tenant = tx.tenant_id();
+    sqlx::query!(
+        "UPDATE sync_runs SET finished_at = now(), error = $3,
+                outcome = CASE WHEN $3::text IS NOT NULL THEN 'failed'
+                               WHEN failed > 0 THEN 'partial' ELSE 'succeeded' END
+         WHERE tenant_id = $1 AND id = $2 AND finished_at IS NULL",
+        tenant.0,
+        run,
+        error
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a batch of items in one statement.
+pub async fn record_items(
+    tx: &mut TenantTx,
+    run: i64,
+    connection: Uuid,
+    items: &[Item],
+) -> Result<(), Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant_id();
+    let objects: Vec<&str> = items.iter().map(|i| i.object.as_str()).collect();
+    let directions: Vec<&str> = items.iter().map(|i| i.direction).collect();
+    let records: Vec<Option<Uuid>> = items.iter().map(|i| i.record_id).collect();
+    let remotes: Vec<Option<String>> = items.iter().map(|i| i.remote_id.clone()).collect();
+    let actions: Vec<&str> = items.iter().map(|i| i.action.as_str()).collect();
+    let outcomes: Vec<&str> = items.iter().map(|i| i.outcome).collect();
+    let classes: Vec<Option<&str>> = items.iter().map(|i| i.error_class).collect();
+    let errors: Vec<Option<String>> = items.iter().map(|i| i.error.clone()).collect();
+    let versions: Vec<Option<i32>> = items.iter().map(|i| i.mapping_version).collect();
+    let changes: Vec<Option<Json>> = items.iter().map(|i| i.changes.clone()).collect();
+    let latencies: Vec<Option<i32>> = items.iter().map(|i| i.latency_ms).collect();
+    sqlx::query!(
+        "INSERT INTO sync_items (tenant_id, run_id, connection_id, object, direction, record_id,
+                                 remote_id, action, outcome, error_class, error, mapping_version,
+                                 changes, latency_ms)
+         SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::uuid[], $7::text[],
+                                          $8::text[], $9::text[], $10::text[], $11::text[],
+                                          $12::int[], $13::jsonb[], $14::int[])",
+        tenant.0,
+        run,
+        connection,
+        &objects as &[&str],
+        &directions as &[&str],
+        &records as &[Option<Uuid>],
+        &remotes as &[Option<String>],
+        &actions as &[&str],
+        &outcomes as &[&str],
+        &classes as &[Option<&str>],
+        &errors as &[Option<String>],
+        &versions as &[Option<i32>],
+        &changes as &[Option<Json>],
+        &latencies as &[Option<i32>]
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

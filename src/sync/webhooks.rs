@@ -1,0 +1,813 @@
+//! HubSpot webhooks: the receiver, the job that routes stored deliveries to connections, and the
+//! job that processes a connection's events.
+//!
+//! The receiver checks signature v3 (HMAC-SHA256 of method, URL as received, raw body and
+//! timestamp; constant-time compare; timestamps older than five minutes refused), stores the raw
+//! POST and answers 204. Nothing else happens in the request: routing by portal, dedupe
+//! (portal, subscription type, object, occurredAt, property: HubSpot's `eventId` alone is not
+//! unique) and processing run in jobs. Processing coalesces events per object and reads each
+//! object's current state from the CRM, so order and duplicates do not matter; an object the CRM
+//! no longer has after a deletion event is deleted in Ferry (softly); a merge re-points links.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use sha2::Sha256;
+use uuid::Uuid;
+
+use super::inbound::{self, Context, link_key};
+use super::retry::{Class, Failure, Verdict, verdict};
+use super::runs::{self, Counts, RunKind};
+use super::{SyncJob, dlq, poll};
+use crate::app::AppState;
+use crate::connections::tokens;
+use crate::connectors::hubspot::client::Record;
+use crate::db::TenantTx;
+use crate::error::Error;
+use crate::mapping::versions;
+use crate::records::{Kind, service, store};
+use crate::tenancy::TenantId;
+
+/// Oldest signature timestamp accepted.
+pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
+/// Events processed per batch of a connection.
+pub const EVENTS_PER_BATCH: i64 = 500;
+/// How long claimed event processing stays claimed if its worker dies.
+pub const LEASE: Duration = Duration::from_secs(5 * 60);
+
+/// The URI as HubSpot signs it: only these escapes are decoded.
+fn signed_uri(uri: &str) -> String {
+    const DECODE: [(&str, char); 12] = [
+        ("%3A", ':'),
+        ("%2F", '/'),
+        ("%3F", '?'),
+        ("%40", '@'),
+        ("%21", '!'),
+        ("%24", '$'),
+        ("%27", '\''),
+        ("%28", '('),
+        ("%29", ')'),
+        ("%2A", '*'),
+        ("%2C", ','),
+        ("%3B", ';'),
+    ];
+    let mut out = String::with_capacity(uri.len());
+    let mut rest = uri;
+    'outer: while !rest.is_empty() {
+        if rest.starts_with('%') && rest.len() >= 3 {
+            for (code, c) in DECODE {
+                if rest[..3].eq_ignore_ascii_case(code) {
+                    out.push(c);
+                    rest = &rest[3..];
+                    continue 'outer;
+                }
+            }
+        }
+        let c = rest.chars().next().unwrap_or_default();
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Checks a v3 signature against one secret.
+pub fn verify_v3(
+    secret: &[u8],
+    method: &str,
+    uri: &str,
+    body: &[u8],
+    timestamp: &str,
+    signature: &str,
+) -> bool {
+    let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(signature.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(method.as_bytes());
+    mac.update(signed_uri(uri).as_bytes());
+    mac.update(body);
+    mac.update(timestamp.as_bytes());
+    mac.verify_slice(&expected).is_ok()
+}
+
+/// The URLs the request may have been sent to: the public URL's origin with the path and query
+/// as received, and the one the Host header names (for deployments reached directly).
+fn candidate_urls(state: &AppState, uri: &Uri, headers: &HeaderMap) -> Vec<String> {
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| uri.path().to_string());
+    let mut urls = vec![format!("{}{path}", state.config.public_origin())];
+    if let Some(host) = headers.get("host").and_then(|h| h.to_str().ok()) {
+        let scheme = headers
+            .get("x-forwarded-proto")
+            .and_then(|h| h.to_str().ok())
+            .filter(|_| state.config.trust_forwarded_for)
+            .unwrap_or(if state.config.secure_cookies() {
+                "https"
+            } else {
+                "http"
+            });
+        let direct = format!("{scheme}://{host}{path}");
+        if !urls.contains(&direct) {
+            urls.push(direct);
+        }
+    }
+    urls
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut problem = Error::Unauthenticated.problem();
+    problem.kind = "https://ferry.dev/problems/invalid-signature".into();
+    problem.title = "Invalid webhook signature".into();
+    problem.detail = Some(message.to_string());
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(problem)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+/// `POST /webhooks/hubspot`.
+pub async fn receive(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(signature), Some(timestamp)) = (
+        header("x-hubspot-signature-v3"),
+        header("x-hubspot-request-timestamp"),
+    ) else {
+        metrics::counter!("ferry_webhooks_rejected_total", "reason" => "unsigned").increment(1);
+        return unauthorized("Missing X-HubSpot-Signature-v3 or X-HubSpot-Request-Timestamp.");
+    };
+    let now = Utc::now().timestamp_millis();
+    let fresh = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (now - t).abs() <= TOLERANCE.as_millis() as i64);
+    if !fresh {
+        metrics::counter!("ferry_webhooks_rejected_total", "reason" => "stale").increment(1);
+        return unauthorized("The request timestamp is more than five minutes off.");
+    }
+    let urls = candidate_urls(&state, &uri, &headers);
+    let provider = state.providers.all().find(|p| {
+        p.family() == "hubspot"
+            && urls.iter().any(|url| {
+                verify_v3(
+                    p.webhook_secret().expose_secret().as_bytes(),
+                    method.as_str(),
+                    url,
+                    &body,
+                    timestamp,
+                    signature,
+                )
+            })
+    });
+    let Some(provider) = provider else {
+        metrics::counter!("ferry_webhooks_rejected_total", "reason" => "signature").increment(1);
+        return unauthorized("The signature does not match.");
+    };
+    // CROSS-TENANT: deliveries are not routed yet (one POST may concern several portals).
+    let stored = sqlx::query_scalar!(
+        "INSERT INTO webhook_deliveries (provider, body) VALUES ($1, $2) RETURNING id",
+        provider.key(),
+        body.as_ref()
+    )
+    .fetch_one(state.db.cross_tenant())
+    .await;
+    match stored {
+        Ok(id) => {
+            metrics::counter!("ferry_webhooks_received_total").increment(1);
+            tracing::debug!(delivery = id, bytes = body.len(), "webhook stored");
+            super::enqueue(&state, SyncJob::Deliveries).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // Not stored: HubSpot must retry, so no 2xx.
+        Err(err) => Error::from(err).into_response(),
+    }
+}
+
+use secrecy::ExposeSecret as _;
+
+/// One HubSpot webhook event (fields Ferry uses).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Event {
+    #[serde(default)]
+    event_id: Option<Json>,
+    portal_id: Json,
+    #[serde(default)]
+    occurred_at: Option<i64>,
+    subscription_type: String,
+    #[serde(default)]
+    object_id: Option<Json>,
+    #[serde(default)]
+    property_name: Option<String>,
+}
+
+fn id_text(value: &Json) -> Option<String> {
+    match value {
+        Json::String(s) if !s.is_empty() => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn object_of_subscription(subscription: &str) -> Option<Kind> {
+    match subscription.split('.').next()? {
+        "contact" => Some(Kind::Contact),
+        "deal" => Some(Kind::Deal),
+        "task" => Some(Kind::Task),
+        _ => None,
+    }
+}
+
+/// Routes stored deliveries to connections (one batch of deliveries per call). Returns how many
+/// deliveries it handled.
+pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
+    // CROSS-TENANT: the router reads deliveries and writes events for whichever tenants they
+    // concern; every event row carries its tenant explicitly.
+    let mut tx = state.db.cross_tenant().begin().await?;
+    let deliveries = sqlx::query!(
+        "SELECT id, provider, body FROM webhook_deliveries WHERE processed_at IS NULL
+         ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED"
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let mut routes: HashMap<(String, String), Vec<(Uuid, Uuid)>> = HashMap::new();
+    let mut touched: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
+    let mut columns = EventColumns::default();
+    for delivery in &deliveries {
+        let events: Vec<Json> = match serde_json::from_slice(&delivery.body) {
+            Ok(Json::Array(events)) => events,
+            Ok(single @ Json::Object(_)) => vec![single],
+            _ => {
+                tracing::warn!(
+                    delivery = delivery.id,
+                    "webhook body is not a JSON array of events; dropped"
+                );
+                continue;
+            }
+        };
+        for raw in events {
+            let Ok(event) = serde_json::from_value::<Event>(raw.clone()) else {
+                tracing::warn!(
+                    delivery = delivery.id,
+                    "webhook event without the expected fields; dropped"
+                );
+                continue;
+            };
+            let (Some(portal), Some(object_id), Some(kind)) = (
+                id_text(&event.portal_id),
+                event.object_id.as_ref().and_then(id_text),
+                object_of_subscription(&event.subscription_type),
+            ) else {
+                continue;
+            };
+            let key = (delivery.provider.clone(), portal.clone());
+            if !routes.contains_key(&key) {
+                let found = sqlx::query!(
+                    "SELECT id, tenant_id FROM connections
+                     WHERE provider = $1 AND remote_account_id = $2 AND status <> 'disconnected'",
+                    delivery.provider,
+                    portal
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                if found.is_empty() {
+                    tracing::info!(portal = %portal, "webhook for a portal no tenant has connected; acknowledged and dropped");
+                }
+                routes.insert(
+                    key.clone(),
+                    found.into_iter().map(|r| (r.tenant_id, r.id)).collect(),
+                );
+            }
+            let occurred = event.occurred_at.unwrap_or_default();
+            let dedupe = format!(
+                "{portal}:{}:{object_id}:{occurred}:{}",
+                event.subscription_type,
+                event.property_name.as_deref().unwrap_or("")
+            );
+            for (tenant, connection) in routes.get(&key).into_iter().flatten() {
+                touched.insert((*tenant, *connection));
+                columns.push(
+                    *tenant,
+                    *connection,
+                    delivery.id,
+                    &dedupe,
+                    event.event_id.as_ref().and_then(id_text),
+                    &event.subscription_type,
+                    kind,
+                    &object_id,
+                    DateTime::from_timestamp_millis(occurred).unwrap_or_else(Utc::now),
+                    raw.clone(),
+                );
+            }
+        }
+    }
+    let inserted = columns.insert(&mut tx).await?;
+    let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
+    sqlx::query!(
+        "UPDATE webhook_deliveries SET processed_at = now() WHERE id = ANY($1)",
+        &ids
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("ferry_inbound_events_total").increment(inserted);
+    for (tenant, connection) in touched {
+        super::enqueue(state, SyncJob::Events { tenant, connection }).await;
+    }
+    Ok(deliveries.len())
+}
+
+#[derive(Default)]
+struct EventColumns {
+    tenants: Vec<Uuid>,
+    connections: Vec<Uuid>,
+    deliveries: Vec<i64>,
+    dedupes: Vec<String>,
+    event_ids: Vec<Option<String>>,
+    subscriptions: Vec<String>,
+    objects: Vec<String>,
+    object_ids: Vec<String>,
+    occurred: Vec<DateTime<Utc>>,
+    payloads: Vec<Json>,
+}
+
+impl EventColumns {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        tenant: Uuid,
+        connection: Uuid,
+        delivery: i64,
+        dedupe: &str,
+        event_id: Option<String>,
+        subscription: &str,
+        kind: Kind,
+        object_id: &str,
+        occurred: DateTime<Utc>,
+        payload: Json,
+    ) {
+        self.tenants.push(tenant);
+        self.connections.push(connection);
+        self.deliveries.push(delivery);
+        self.dedupes.push(dedupe.to_string());
+        self.event_ids.push(event_id);
+        self.subscriptions.push(subscription.to_string());
+        self.objects.push(kind.as_str().to_string());
+        self.object_ids.push(object_id.to_string());
+        self.occurred.push(occurred);
+        self.payloads.push(payload);
+    }
+
+    async fn insert(self, tx: &mut sqlx::PgConnection) -> Result<u64, Error> {
+        if self.tenants.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query!(
+            "INSERT INTO inbound_events (tenant_id, connection_id, delivery_id, dedupe_key, event_id,
+                                         subscription_type, object, object_id, occurred_at, payload)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[])
+             ON CONFLICT (tenant_id, connection_id, dedupe_key) DO NOTHING",
+            &self.tenants,
+            &self.connections,
+            &self.deliveries,
+            &self.dedupes,
+            &self.event_ids as &[Option<String>],
+            &self.subscriptions,
+            &self.objects,
+            &self.object_ids,
+            &self.occurred,
+            &self.payloads
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+struct Pending {
+    id: i64,
+    subscription: String,
+    kind: Kind,
+    object_id: String,
+    payload: Json,
+    received_at: DateTime<Utc>,
+}
+
+/// Processes a connection's pending events.
+pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let claimed = sqlx::query_scalar!(
+        "UPDATE sync_connections s SET inbound_retry_at = now() + make_interval(secs => $3)
+         FROM connections n
+         WHERE s.tenant_id = $1 AND s.connection_id = $2
+           AND (s.inbound_retry_at IS NULL OR s.inbound_retry_at <= now())
+           AND n.tenant_id = s.tenant_id AND n.id = s.connection_id AND n.status = 'active'
+         RETURNING s.inbound_failures",
+        tenant.0,
+        connection,
+        LEASE.as_secs_f64()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let Some(failures) = claimed else {
+        return Ok(());
+    };
+    let mut outcome = Ok(());
+    for _ in 0..10 {
+        match batch(state, tenant, connection).await {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(failure) => {
+                outcome = Err(failure);
+                break;
+            }
+        }
+    }
+    let mut tx = state.db.tenant(tenant).await?;
+    match outcome {
+        Ok(()) => {
+            sqlx::query!(
+                "UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                tenant.0,
+                connection
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        Err(failure) => {
+            let attempts = failures + 1;
+            tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "webhook event processing failed");
+            metrics::counter!("ferry_events_failed_total", "source" => "webhook").increment(1);
+            let delay = match verdict(&failure, attempts) {
+                Verdict::Retry(delay) => delay,
+                Verdict::DeadLetter => {
+                    dlq::file(
+                        &mut tx,
+                        &dlq::Letter {
+                            connection,
+                            object: Kind::Contact,
+                            direction: "inbound",
+                            scope: dlq::Scope::Events,
+                            remote_id: None,
+                            record_id: None,
+                            payload: &json!({}),
+                            failure: &failure,
+                            attempts,
+                            run_id: None,
+                        },
+                    )
+                    .await?;
+                    super::retry::CAP
+                }
+                Verdict::Park => {
+                    if failure.class == Class::Auth && failure.status.is_some() {
+                        tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message)
+                            .await?;
+                    }
+                    Duration::ZERO
+                }
+            };
+            sqlx::query!(
+                "UPDATE sync_connections SET inbound_failures = $3, last_error = $4,
+                        last_error_at = now(), inbound_retry_at = now() + make_interval(secs => $5)
+                 WHERE tenant_id = $1 AND connection_id = $2",
+                tenant.0,
+                connection,
+                if failure.class == Class::Transient {
+                    attempts
+                } else {
+                    0
+                },
+                failure.message,
+                delay.as_secs_f64()
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One batch of pending events. `Ok(true)`: there may be more.
+async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<bool, Failure> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let events: Vec<Pending> = sqlx::query!(
+        "SELECT id, subscription_type, object, object_id, payload, received_at FROM inbound_events
+         WHERE tenant_id = $1 AND connection_id = $2 AND status = 'pending'
+         ORDER BY id LIMIT $3",
+        tenant.0,
+        connection,
+        EVENTS_PER_BATCH
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter_map(|r| {
+        Some(Pending {
+            id: r.id,
+            subscription: r.subscription_type,
+            kind: Kind::parse(&r.object)?,
+            object_id: r.object_id,
+            payload: r.payload,
+            received_at: r.received_at,
+        })
+    })
+    .collect();
+    tx.commit().await?;
+    if events.is_empty() {
+        return Ok(false);
+    }
+    let crm = super::client(state, tenant, connection).await?;
+    // Coalesce: one read per object, whatever number of events named it.
+    let mut objects: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+    let mut gone: BTreeSet<(Kind, String)> = BTreeSet::new();
+    let mut merges: Vec<(Kind, String, Vec<String>)> = Vec::new();
+    for event in &events {
+        objects
+            .entry(event.kind)
+            .or_default()
+            .insert(event.object_id.clone());
+        let action = event.subscription.split('.').nth(1).unwrap_or("");
+        match action {
+            "deletion" | "privacyDeletion" => {
+                gone.insert((event.kind, event.object_id.clone()));
+            }
+            "merge" => {
+                let primary = event
+                    .payload
+                    .get("primaryObjectId")
+                    .and_then(id_text)
+                    .unwrap_or_else(|| event.object_id.clone());
+                let merged: Vec<String> = event
+                    .payload
+                    .get("mergedObjectIds")
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(id_text)
+                    .filter(|id| *id != primary)
+                    .collect();
+                objects
+                    .entry(event.kind)
+                    .or_default()
+                    .insert(primary.clone());
+                merges.push((event.kind, primary, merged));
+            }
+            _ => {}
+        }
+    }
+    let mut fetched: BTreeMap<Kind, Vec<Record>> = BTreeMap::new();
+    let mut contexts: BTreeMap<Kind, Context> = BTreeMap::new();
+    for (kind, ids) in &objects {
+        let mut tx = state.db.tenant(tenant).await?;
+        let mapping = versions::current(&mut tx, connection, &crm.family, *kind).await?;
+        tx.commit().await?;
+        let (object, modified) = poll::object_of(*kind);
+        let mut properties: Vec<String> = mapping.mapping.remote_properties().into_iter().collect();
+        properties.push(modified.to_string());
+        let ids: Vec<String> = ids.iter().cloned().collect();
+        let mut records = Vec::new();
+        for chunk in ids.chunks(100) {
+            let outcome = crm.api.batch_read(object, chunk, &properties).await?;
+            records.extend(outcome.results);
+        }
+        // Objects the CRM no longer has: deleted when an event said so, else left alone.
+        let found: BTreeSet<String> = records.iter().map(|r| r.id.clone()).collect();
+        for id in &ids {
+            if !found.contains(id) && gone.contains(&(*kind, id.clone())) {
+                records.push(Record {
+                    id: id.clone(),
+                    properties: Default::default(),
+                    created_at: None,
+                    updated_at: None,
+                    archived: true,
+                });
+            }
+        }
+        fetched.insert(*kind, records);
+        contexts.insert(
+            *kind,
+            Context {
+                connection,
+                kind: *kind,
+                family: crm.family.clone(),
+                mapping,
+                origin: inbound::origin(connection),
+                force: false,
+            },
+        );
+    }
+    let mut tx = state.db.tenant(tenant).await?;
+    let run = runs::start(&mut tx, connection, None, RunKind::Webhook).await?;
+    let mut counts = Counts::default();
+    for (kind, primary, merged) in &merges {
+        if let Some(ctx) = contexts.get(kind) {
+            let moved = merge_links(&mut tx, ctx, primary, merged).await?;
+            counts.updated += moved;
+        }
+    }
+    for (kind, records) in &fetched {
+        let Some(ctx) = contexts.get(kind) else {
+            continue;
+        };
+        let applied = inbound::apply(&mut tx, ctx, records).await?;
+        counts.fetched += records.len() as i32;
+        for item in &applied.items {
+            counts.count(item);
+        }
+        runs::record_items(&mut tx, run, connection, &applied.items).await?;
+        for rejected in &applied.rejected {
+            dlq::file(
+                &mut tx,
+                &dlq::Letter {
+                    connection,
+                    object: *kind,
+                    direction: "inbound",
+                    scope: dlq::Scope::Record,
+                    remote_id: Some(&rejected.remote_id),
+                    record_id: rejected.record_id,
+                    payload: &rejected.payload,
+                    failure: &rejected.failure,
+                    attempts: 1,
+                    run_id: Some(run),
+                },
+            )
+            .await?;
+        }
+        super::rules::after_inbound(&mut tx, &applied.items).await?;
+    }
+    runs::add(&mut tx, run, counts).await?;
+    runs::finish(&mut tx, run, None).await?;
+    let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+    sqlx::query!(
+        "UPDATE inbound_events SET status = 'processed', processed_at = now()
+         WHERE tenant_id = $1 AND id = ANY($2)",
+        tenant.0,
+        &ids
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let now = Utc::now();
+    for event in &events {
+        let latency = (now - event.received_at).to_std().unwrap_or_default();
+        metrics::histogram!("ferry_event_processing_seconds").record(latency.as_secs_f64());
+    }
+    metrics::counter!("ferry_events_processed_total").increment(events.len() as u64);
+    Ok(events.len() as i64 == EVENTS_PER_BATCH)
+}
+
+/// A merge at the CRM: the merged records' links now point at the surviving record. When Ferry
+/// had the survivor and a merged record as two records, the merged one is deleted (softly) and
+/// its link kept, re-pointed, so its old external id still finds the survivor.
+async fn merge_links(
+    tx: &mut TenantTx,
+    ctx: &Context,
+    primary: &str,
+    merged: &[String],
+) -> Result<i32, Error> {
+    let tenant = tx.tenant_id();
+    let primary_key = link_key(&ctx.family, ctx.kind, primary);
+    let mut keys: Vec<String> = merged
+        .iter()
+        .map(|id| link_key(&ctx.family, ctx.kind, id))
+        .collect();
+    keys.push(primary_key.clone());
+    let locks: Vec<String> = keys.iter().map(|k| format!("link:{tenant}:{k}")).collect();
+    crate::db::advisory_lock_all(tx, &locks).await?;
+    let mut survivor = crate::records::links::find(tx, &primary_key)
+        .await?
+        .map(|(_, id)| id);
+    let mut moved = 0;
+    for id in merged {
+        let key = link_key(&ctx.family, ctx.kind, id);
+        let Some((_, record)) = crate::records::links::find(tx, &key).await? else {
+            continue;
+        };
+        match survivor {
+            None => {
+                crate::records::links::attach(tx, &primary_key, ctx.kind, record).await?;
+                sqlx::query!(
+                    "UPDATE external_links SET connection_id = $3 WHERE tenant_id = $1 AND key = $2",
+                    tenant.0,
+                    primary_key,
+                    ctx.connection
+                )
+                .execute(&mut **tx)
+                .await?;
+                survivor = Some(record);
+            }
+            Some(target) if target != record => {
+                sqlx::query!(
+                    "UPDATE external_links SET record_id = $3 WHERE tenant_id = $1 AND key = $2",
+                    tenant.0,
+                    key,
+                    target
+                )
+                .execute(&mut **tx)
+                .await?;
+                if store::lock(tx, ctx.kind, record)
+                    .await?
+                    .is_some_and(|(_, deleted)| !deleted)
+                {
+                    service::delete(tx, ctx.kind, &record.to_string(), None, &ctx.origin).await?;
+                }
+                moved += 1;
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_listed_escapes_are_decoded() {
+        assert_eq!(
+            signed_uri("https://ferry.example/webhooks/hubspot?x=a%3Ab%2Fc%20d%3f"),
+            "https://ferry.example/webhooks/hubspot?x=a:b/c%20d?"
+        );
+    }
+
+    #[test]
+    fn v3_signatures_verify_and_tampering_fails() {
+        let secret = b"shh";
+        let body = br#"[{"objectId":1}]"#;
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("key");
+        mac.update(b"POSThttps://ferry.example/webhooks/hubspot");
+        mac.update(body);
+        mac.update(b"1700000000000");
+        let signature =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        let url = "https://ferry.example/webhooks/hubspot";
+        assert!(verify_v3(
+            secret,
+            "POST",
+            url,
+            body,
+            "1700000000000",
+            &signature
+        ));
+        assert!(!verify_v3(
+            secret,
+            "POST",
+            url,
+            b"[]",
+            "1700000000000",
+            &signature
+        ));
+        assert!(!verify_v3(
+            secret,
+            "POST",
+            url,
+            body,
+            "1700000000001",
+            &signature
+        ));
+        assert!(!verify_v3(
+            b"other",
+            "POST",
+            url,
+            body,
+            "1700000000000",
+            &signature
+        ));
+        assert!(!verify_v3(
+            secret,
+            "POST",
+            url,
+            body,
+            "1700000000000",
+            "not base64!"
+        ));
+    }
+}

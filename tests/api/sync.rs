@@ -1,0 +1,918 @@
+//! The sync engine end to end: a real sandbox CRM over HTTP, Ferry's HTTP server and its job
+//! workers on real Postgres and Redis. Every test ends by comparing both sides record by record.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value as Json, json};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::helpers::{Browser, api_client, create_api_key, eventually};
+use crate::oauth::{Setup, connect, connection_row, crm_client, setup_full};
+use ferry::connections::tokens;
+use ferry::tenancy::TenantId;
+
+/// A contact as compared: email, first name, last name, job title.
+type ContactRow = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// A tenant with a connected, syncing sandbox HubSpot.
+pub struct Synced {
+    pub setup: Setup,
+    pub owner: Browser,
+    pub connection: Uuid,
+    pub tenant: TenantId,
+    worker: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+}
+
+/// Sandbox limits off (the tests measure correctness, not patience), short webhook batching.
+fn fast(args: ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs {
+    ferry::sandbox::SandboxArgs {
+        rate_limit: 0,
+        search_rate_limit: 0,
+        search_lag_ms: 50,
+        webhook_batch_ms: 100,
+        webhook_retry_ms: 200,
+        ..args
+    }
+}
+
+impl Synced {
+    pub async fn start(contacts: usize, deals: usize, tasks: usize) -> Synced {
+        Synced::start_with(contacts, deals, tasks, |a| a, |_| async {}).await
+    }
+
+    /// Connected, but no worker runs yet (see [`Synced::start_worker`]).
+    pub async fn start_idle(contacts: usize, deals: usize, tasks: usize) -> Synced {
+        Synced::connected(contacts, deals, tasks, |a| a, |_| async {}).await
+    }
+
+    /// Starts with the sandbox's arguments adjusted, and `before` run once the tenant exists but
+    /// before the CRM is connected.
+    pub async fn start_with<F, Fut>(
+        contacts: usize,
+        deals: usize,
+        tasks: usize,
+        adjust: impl FnOnce(ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs,
+        before: F,
+    ) -> Synced
+    where
+        F: FnOnce(Browser) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let mut synced = Synced::connected(contacts, deals, tasks, adjust, before).await;
+        synced.start_worker();
+        synced
+    }
+
+    async fn connected<F, Fut>(
+        contacts: usize,
+        deals: usize,
+        tasks: usize,
+        adjust: impl FnOnce(ferry::sandbox::SandboxArgs) -> ferry::sandbox::SandboxArgs,
+        before: F,
+    ) -> Synced
+    where
+        F: FnOnce(Browser) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let setup = setup_full(
+            1800,
+            &[
+                ("FERRY_HUBSPOT_RATE_LIMIT", "100000"),
+                ("FERRY_HUBSPOT_SEARCH_RATE_LIMIT", "1000"),
+            ],
+            |args| {
+                adjust(fast(ferry::sandbox::SandboxArgs {
+                    seed_contacts: contacts,
+                    seed_deals: deals,
+                    seed_tasks: tasks,
+                    ..args
+                }))
+            },
+        )
+        .await;
+        let owner = setup.app.owner("Acme", "jane@acme.test").await;
+        before(owner.clone()).await;
+        let mut synced = Synced {
+            setup,
+            owner,
+            connection: Uuid::nil(),
+            tenant: TenantId(Uuid::nil()),
+            worker: None,
+        };
+        let answer = connect(&synced.setup, &synced.owner, 0, true).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let (id, tenant, ..) = connection_row(&synced.setup.app).await;
+        synced.connection = id;
+        synced.tenant = tenant;
+        synced
+    }
+
+    /// Starts a `ferry work` equivalent in this process.
+    pub fn start_worker(&mut self) {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let state = self.setup.app.state.clone();
+        let handle = tokio::spawn(async move {
+            let _ = ferry::jobs::run(state, async {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        self.worker = Some((stop, handle));
+    }
+
+    /// Kills the worker mid-flight (no graceful shutdown: in-flight transactions roll back).
+    pub async fn kill_worker(&mut self) {
+        if let Some((_, handle)) = self.worker.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.setup.app.pool()
+    }
+
+    /// Calls the CRM's API with Ferry's own access token (what the tenant's admin would do in
+    /// HubSpot's UI).
+    pub async fn crm(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Json>,
+    ) -> (u16, Json) {
+        let token = tokens::access_token(&self.setup.app.state, self.tenant, self.connection)
+            .await
+            .expect("access token");
+        use secrecy::ExposeSecret as _;
+        let mut request = crm_client()
+            .request(method, format!("{}{path}", self.setup.crm_base))
+            .bearer_auth(token.expose_secret());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("crm call");
+        let status = response.status().as_u16();
+        let body = response.json().await.unwrap_or(Json::Null);
+        (status, body)
+    }
+
+    /// Every live record of a CRM object: id → properties.
+    pub async fn crm_all(&self, object: &str, properties: &str) -> BTreeMap<String, Json> {
+        let mut out = BTreeMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let mut path = format!("/crm/v3/objects/{object}?limit=100&properties={properties}");
+            if let Some(after) = &after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let (status, page) = self.crm(reqwest::Method::GET, &path, None).await;
+            assert_eq!(status, 200, "{page}");
+            for record in page["results"].as_array().into_iter().flatten() {
+                out.insert(
+                    record["id"].as_str().unwrap_or_default().to_string(),
+                    record["properties"].clone(),
+                );
+            }
+            match page["paging"]["next"]["after"].as_str() {
+                Some(next) => after = Some(next.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Live local contacts by remote id: (email, first, last, job title). After a merge, two
+    /// remote ids name the same contact.
+    pub async fn local_contacts(&self) -> BTreeMap<String, ContactRow> {
+        let rows: Vec<(String, ContactRow)> = sqlx::query_as::<
+            _,
+            (
+                String,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ),
+        >(
+            "SELECT l.key, c.email, c.first_name, c.last_name, c.job_title
+                 FROM contacts c JOIN external_links l
+                   ON l.tenant_id = c.tenant_id AND l.record_id = c.id AND l.record_kind = 'contact'
+                 WHERE c.deleted_at IS NULL AND c.tenant_id = $1",
+        )
+        .bind(self.tenant.0)
+        .fetch_all(self.pool())
+        .await
+        .expect("contacts")
+        .into_iter()
+        .map(|(key, e, f, l, j)| (key, (e, f, l, j)))
+        .collect();
+        rows.into_iter()
+            .map(|(key, (e, f, l, j))| {
+                (
+                    key.rsplit(':').next().unwrap_or_default().to_string(),
+                    (e, f, l, j),
+                )
+            })
+            .collect()
+    }
+
+    /// Asserts the CRM's contacts and Ferry's are the same, record by record.
+    pub async fn assert_contacts_equal(&self) {
+        let crm = self
+            .crm_all("contacts", "email,firstname,lastname,jobtitle")
+            .await;
+        let local = self.local_contacts().await;
+        for (id, properties) in &crm {
+            let Some((email, first, last, title)) = local.get(id) else {
+                panic!("CRM contact {id} has no Ferry contact");
+            };
+            let text = |name: &str| {
+                properties[name]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.trim().to_string())
+            };
+            assert_eq!(
+                email.as_deref(),
+                text("email").map(|e| e.to_lowercase()).as_deref(),
+                "email of {id}"
+            );
+            assert_eq!(
+                first.as_deref(),
+                text("firstname").as_deref(),
+                "first name of {id}"
+            );
+            assert_eq!(
+                last.as_deref(),
+                text("lastname").as_deref(),
+                "last name of {id}"
+            );
+            assert_eq!(
+                title.as_deref(),
+                text("jobtitle").as_deref(),
+                "job title of {id}"
+            );
+        }
+        let links: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM external_links WHERE tenant_id = $1 AND record_kind = 'contact'",
+        )
+        .bind(self.tenant.0)
+        .fetch_one(self.pool())
+        .await
+        .expect("links");
+        let records: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM contacts WHERE tenant_id = $1 AND deleted_at IS NULL",
+        )
+        .bind(self.tenant.0)
+        .fetch_one(self.pool())
+        .await
+        .expect("records");
+        assert_eq!(records as usize, crm.len(), "no duplicates in Ferry");
+        assert!(links as usize >= crm.len());
+    }
+
+    pub async fn backfilled(&self) -> bool {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sync_cursors WHERE connection_id = $1 AND backfilled_at IS NULL",
+        )
+        .bind(self.connection)
+        .fetch_one(self.pool())
+        .await
+        .expect("cursors");
+        pending == 0
+    }
+
+    pub async fn wait_backfilled(&self, within: Duration) {
+        let done = eventually(within, || async { self.backfilled().await }).await;
+        assert!(done, "backfill did not finish within {within:?}");
+    }
+
+    /// Open dead letters, for failure messages.
+    pub async fn letters(&self) -> Vec<(String, String, String)> {
+        sqlx::query_as(
+            "SELECT object, scope, error FROM dead_letters WHERE tenant_id = $1 AND status = 'open'
+             ORDER BY id LIMIT 5",
+        )
+        .bind(self.tenant.0)
+        .fetch_all(self.pool())
+        .await
+        .expect("letters")
+    }
+
+    pub async fn local_count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {table} WHERE tenant_id = $1 AND deleted_at IS NULL"
+        )))
+        .bind(self.tenant.0)
+        .fetch_one(self.pool())
+        .await
+        .expect("count")
+    }
+
+    /// The local contact linked to CRM contact `remote`.
+    pub async fn contact_of(&self, remote: &str) -> Option<(Uuid, i64, Option<String>, bool)> {
+        sqlx::query_as(
+            "SELECT c.id, c.version, c.job_title, c.deleted_at IS NOT NULL
+             FROM contacts c JOIN external_links l ON l.record_id = c.id
+             WHERE l.tenant_id = $1 AND l.key = $2",
+        )
+        .bind(self.tenant.0)
+        .bind(format!("hubspot:contact:{remote}"))
+        .fetch_optional(self.pool())
+        .await
+        .expect("contact")
+    }
+
+    pub async fn faults(&self, settings: Json) {
+        let answer = crm_client()
+            .put(format!("{}/_sandbox/faults", self.setup.crm_base))
+            .json(&settings)
+            .send()
+            .await
+            .expect("faults");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn backfill_then_edits_on_either_side_appear_on_the_other() {
+    let synced = Synced::start(1_200, 150, 150).await;
+    synced.wait_backfilled(Duration::from_secs(90)).await;
+    synced.assert_contacts_equal().await;
+    assert_eq!(
+        synced.local_count("deals").await,
+        150,
+        "{:?}",
+        synced.letters().await
+    );
+    assert_eq!(
+        synced.local_count("tasks").await,
+        150,
+        "{:?}",
+        synced.letters().await
+    );
+
+    // Backfill progress and history were kept.
+    let (done, total): (i64, Option<i64>) = sqlx::query_as(
+        "SELECT backfill_done, backfill_total FROM sync_cursors
+         WHERE connection_id = $1 AND object = 'contact'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("cursor");
+    assert_eq!(total, Some(1_200));
+    assert!(done >= 1_200, "{done}");
+    let (fetched, created): (i32, i32) = sqlx::query_as(
+        "SELECT fetched, created FROM sync_runs
+         WHERE connection_id = $1 AND object = 'contact' AND kind = 'backfill'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("one backfill run");
+    assert!(fetched >= 1_200 && created == 1_200, "{fetched} {created}");
+
+    // An edit in the CRM arrives by webhook (the next poll is a minute away).
+    let (status, _) = synced
+        .crm(
+            reqwest::Method::PATCH,
+            "/crm/v3/objects/contacts/7",
+            Some(json!({"properties": {"jobtitle": "Chief Ferry Officer"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let arrived = eventually(Duration::from_secs(20), || async {
+        synced
+            .contact_of("7")
+            .await
+            .is_some_and(|c| c.2.as_deref() == Some("Chief Ferry Officer"))
+    })
+    .await;
+    assert!(arrived, "the CRM edit did not reach Ferry");
+
+    // An edit in Ferry reaches the CRM, and its echo does not come back as a change.
+    let key = create_api_key(&synced.owner, "sync test").await;
+    let (local_id, ..) = synced.contact_of("8").await.expect("linked");
+    let patched = api_client()
+        .patch(synced.setup.app.url(&format!("/v1/contacts/{local_id}")))
+        .bearer_auth(&key)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"job_title": "Harbour Master"}"#)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), StatusCode::OK);
+    let version_after_patch = synced.contact_of("8").await.expect("linked").1;
+    let pushed = eventually(Duration::from_secs(20), || async {
+        let (_, record) = synced
+            .crm(
+                reqwest::Method::GET,
+                "/crm/v3/objects/contacts/8?properties=jobtitle",
+                None,
+            )
+            .await;
+        record["properties"]["jobtitle"] == "Harbour Master"
+    })
+    .await;
+    assert!(pushed, "the Ferry edit did not reach the CRM");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = synced.contact_of("8").await.expect("linked");
+    assert_eq!(
+        after.1, version_after_patch,
+        "the echo changed the record again"
+    );
+
+    // A record created in Ferry is created in the CRM and linked.
+    let created = api_client()
+        .post(synced.setup.app.url("/v1/contacts"))
+        .bearer_auth(&key)
+        .json(
+            &json!({"email": "new.person@ferry.test", "first_name": "New", "last_name": "Person"}),
+        )
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let new_id = created.json::<Json>().await.expect("json")["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let linked = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT key FROM external_links WHERE record_id = $1::uuid AND key LIKE 'hubspot:%'",
+        )
+        .bind(&new_id)
+        .fetch_optional(synced.pool())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    })
+    .await;
+    assert!(linked, "the new contact was not created at the CRM");
+
+    // A deletion in the CRM deletes (softly) in Ferry.
+    let (status, _) = synced
+        .crm(reqwest::Method::DELETE, "/crm/v3/objects/contacts/9", None)
+        .await;
+    assert_eq!(status, 204);
+    let deleted = eventually(Duration::from_secs(20), || async {
+        synced.contact_of("9").await.is_some_and(|c| c.3)
+    })
+    .await;
+    assert!(
+        deleted,
+        "the CRM deletion did not reach Ferry: {:?}",
+        synced.letters().await
+    );
+
+    // Both sides agree, record by record.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    synced.assert_contacts_equal().await;
+}
+
+/// Deletes every Redis key of this app (what `FLUSHALL` does to a shared Redis).
+async fn flush_redis(prefix: &str) {
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis conn");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("keys");
+    for key in keys {
+        let _: i64 = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("del");
+    }
+}
+
+async fn backfill_done(synced: &Synced) -> i64 {
+    sqlx::query_scalar(
+        "SELECT backfill_done FROM sync_cursors WHERE connection_id = $1 AND object = 'contact'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("cursor")
+}
+
+#[tokio::test]
+async fn past_the_search_cap_through_a_killed_worker_and_a_flushed_redis_nothing_is_lost() {
+    let mut synced = Synced::start(10_400, 0, 0).await;
+    // Mid-backfill the worker dies without warning...
+    let started = eventually(Duration::from_secs(120), || async {
+        backfill_done(&synced).await >= 1_000
+    })
+    .await;
+    assert!(started, "the backfill did not start");
+    synced.kill_worker().await;
+    let at_kill = backfill_done(&synced).await;
+    assert!(at_kill < 10_400, "finished before the kill: {at_kill}");
+    // ...Redis loses everything (queues, pending marks, locks)...
+    flush_redis(&synced.setup.app.redis_prefix).await;
+    // ...and a new worker comes up. The reconciler finds the work in Postgres.
+    synced.start_worker();
+    synced.wait_backfilled(Duration::from_secs(240)).await;
+    assert_eq!(synced.local_count("contacts").await, 10_400);
+    synced.assert_contacts_equal().await;
+    // Each CRM contact was created once: no duplicates from the restart or the cap's restart.
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sync_items WHERE connection_id = $1 AND action = 'created'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("items");
+    assert_eq!(created, 10_400);
+}
+
+#[tokio::test]
+async fn crm_faults_are_retried_until_both_sides_agree() {
+    let synced = Synced::start_with(600, 0, 0, |args| args, |_| async {}).await;
+    // From the start: a third of the calls fail with 5xx, and a burst of 429s.
+    synced
+        .faults(json!({"errorRate": 0.3, "rateLimitBurst": 5, "seed": 7}))
+        .await;
+    synced.wait_backfilled(Duration::from_secs(180)).await;
+    synced.faults(json!({})).await;
+    synced.assert_contacts_equal().await;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND status = 'open'",
+    )
+    .bind(synced.tenant.0)
+    .fetch_one(synced.pool())
+    .await
+    .expect("letters");
+    assert_eq!(open, 0, "{:?}", synced.letters().await);
+}
+
+#[tokio::test]
+async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule() {
+    let synced = Synced::start_with(
+        40,
+        10,
+        0,
+        |args| args,
+        |owner| async move {
+            // Before connecting: a contact Ferry already has, which the CRM will also get.
+            let key = create_api_key(&owner, "before").await;
+            let created = api_client()
+                .post(owner.url("/v1/contacts"))
+                .bearer_auth(&key)
+                .json(&json!({"email": "dup@ferry.test", "first_name": "Dupe"}))
+                .send()
+                .await
+                .expect("create");
+            assert_eq!(created.status(), StatusCode::CREATED);
+        },
+    )
+    .await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    // The SDR rule: a deal that is won gets a follow-up task.
+    {
+        let mut tx = synced
+            .setup
+            .app
+            .state
+            .db
+            .tenant(synced.tenant)
+            .await
+            .expect("tx");
+        ferry::sync::rules::create(
+            &mut tx,
+            &ferry::sync::rules::Draft {
+                name: "Kick-off call".into(),
+                stage: "won".into(),
+                title_template: "Kick-off call for {title}".into(),
+                due_in_days: 2,
+            },
+            None,
+        )
+        .await
+        .expect("rule");
+        tx.commit().await.expect("commit");
+    }
+    // Every webhook event is delivered twice, in shuffled batches.
+    synced
+        .faults(json!({"webhookDuplicateRate": 1.0, "webhookReorder": true}))
+        .await;
+
+    // Dedupe on first sight: the CRM's new contact joins Ferry's by normalised email.
+    let (status, created) = synced
+        .crm(
+            reqwest::Method::POST,
+            "/crm/v3/objects/contacts",
+            Some(json!({"properties": {"email": "DUP@ferry.test", "lastname": "Licate"}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let remote = created["id"].as_str().expect("id").to_string();
+    let joined = eventually(Duration::from_secs(20), || async {
+        synced.contact_of(&remote).await.is_some()
+    })
+    .await;
+    assert!(joined, "the CRM contact was not linked");
+    let (dupes, last): (i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*), max(last_name) FROM contacts
+         WHERE tenant_id = $1 AND email = 'dup@ferry.test' AND deleted_at IS NULL",
+    )
+    .bind(synced.tenant.0)
+    .fetch_one(synced.pool())
+    .await
+    .expect("dupes");
+    assert_eq!((dupes, last.as_deref()), (1, Some("Licate")));
+
+    // A merge at the CRM: contact 2 into contact 1.
+    let (status, body) = synced
+        .crm(
+            reqwest::Method::POST,
+            "/crm/v3/objects/contacts/merge",
+            Some(json!({"primaryObjectId": "1", "objectIdToMerge": "2"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let survivor = body["id"].as_str().unwrap_or("1").to_string();
+    let merged = eventually(Duration::from_secs(20), || async {
+        let one = synced.contact_of(&survivor).await;
+        let two = synced.contact_of("2").await;
+        matches!((one, two), (Some(a), Some(b)) if a.0 == b.0 && !a.3)
+    })
+    .await;
+    assert!(merged, "the merge did not re-point the link");
+
+    // The deal is won at the CRM: exactly one task, however often the event comes.
+    let (status, _) = synced
+        .crm(
+            reqwest::Method::PATCH,
+            "/crm/v3/objects/deals/3",
+            Some(json!({"properties": {"dealstage": "closedwon"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deal: Uuid = sqlx::query_scalar(
+        "SELECT record_id FROM external_links WHERE tenant_id = $1 AND key = 'hubspot:deal:3'",
+    )
+    .bind(synced.tenant.0)
+    .fetch_one(synced.pool())
+    .await
+    .expect("deal link");
+    let task_made = eventually(Duration::from_secs(20), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM tasks WHERE tenant_id = $1 AND linked_id = $2",
+        )
+        .bind(synced.tenant.0)
+        .bind(deal)
+        .fetch_one(synced.pool())
+        .await
+        .expect("tasks");
+        n > 0
+    })
+    .await;
+    assert!(task_made, "no task: {:?}", synced.letters().await);
+    // The task goes out to the CRM, associated with the deal.
+    let task_remote = eventually(Duration::from_secs(20), || async {
+        sqlx::query_scalar::<_, String>(
+            "SELECT l.key FROM external_links l JOIN tasks t ON t.id = l.record_id
+             WHERE t.tenant_id = $1 AND t.linked_id = $2",
+        )
+        .bind(synced.tenant.0)
+        .bind(deal)
+        .fetch_optional(synced.pool())
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+    })
+    .await;
+    assert!(
+        task_remote,
+        "the task was not pushed: {:?}",
+        synced.letters().await
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tasks: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT title, assignee_id FROM tasks WHERE tenant_id = $1 AND linked_id = $2",
+    )
+    .bind(synced.tenant.0)
+    .bind(deal)
+    .fetch_all(synced.pool())
+    .await
+    .expect("tasks");
+    assert_eq!(
+        tasks.len(),
+        1,
+        "one task per entry into the stage: {tasks:?}"
+    );
+    assert!(tasks[0].0.starts_with("Kick-off call for "), "{tasks:?}");
+    let key: String = sqlx::query_scalar(
+        "SELECT l.key FROM external_links l JOIN tasks t ON t.id = l.record_id
+         WHERE t.tenant_id = $1 AND t.linked_id = $2",
+    )
+    .bind(synced.tenant.0)
+    .bind(deal)
+    .fetch_one(synced.pool())
+    .await
+    .expect("task link");
+    let task_id = key.rsplit(':').next().unwrap_or_default();
+    let (status, associations) = synced
+        .crm(
+            reqwest::Method::GET,
+            &format!("/crm/v4/objects/tasks/{task_id}/associations/deals"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{associations}");
+    assert!(
+        associations.to_string().contains("\"3\"") || associations.to_string().contains(":3"),
+        "{associations}"
+    );
+    synced.faults(json!({})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    synced.assert_contacts_equal().await;
+}
+
+fn failing_job_titles() -> ferry::mapping::Mapping {
+    use ferry::mapping::{Transform, ValueMap};
+    let mut mapping = ferry::mapping::defaults::hubspot(
+        ferry::records::Kind::Contact,
+        ferry::mapping::Settings::default(),
+    );
+    mapping
+        .value_maps
+        .insert("titles".into(), ValueMap::new(&[("Nobody", "nobody")]));
+    for rule in &mut mapping.rules {
+        if rule.local.as_str() == "job_title" {
+            rule.inbound.push(Transform::Map {
+                map: "titles".into(),
+            });
+        }
+    }
+    mapping
+}
+
+async fn save_mapping(synced: &Synced, mapping: &ferry::mapping::Mapping) {
+    let mut tx = synced
+        .setup
+        .app
+        .state
+        .db
+        .tenant(synced.tenant)
+        .await
+        .expect("tx");
+    let actor = ferry::tenancy::audit::Actor::system("test");
+    let meta = ferry::tenancy::audit::RequestMeta::default();
+    ferry::mapping::versions::save(
+        &mut tx,
+        synced.connection,
+        mapping,
+        &[],
+        &ferry::mapping::versions::Author {
+            actor: &actor,
+            label: "test",
+            user: None,
+            meta: &meta,
+        },
+        "test",
+    )
+    .await
+    .expect("save mapping");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_broken_mapping_dead_letters_records_and_replay_after_the_fix_heals_them() {
+    let mut synced = Synced::start_idle(30, 0, 0).await;
+    // The mapping is broken before the first sync: every job title fails its value map.
+    save_mapping(&synced, &failing_job_titles()).await;
+    synced.start_worker();
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let letters = eventually(Duration::from_secs(20), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND status = 'open'
+               AND direction = 'inbound' AND scope = 'record' AND error LIKE '%value map titles%'",
+        )
+        .bind(synced.tenant.0)
+        .fetch_one(synced.pool())
+        .await
+        .expect("letters");
+        n >= 25
+    })
+    .await;
+    assert!(letters, "{:?}", synced.letters().await);
+    // The other fields synced; the job titles did not.
+    let titled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM contacts WHERE tenant_id = $1 AND job_title IS NOT NULL",
+    )
+    .bind(synced.tenant.0)
+    .fetch_one(synced.pool())
+    .await
+    .expect("titles");
+    assert_eq!(titled, 0);
+    assert_eq!(synced.local_count("contacts").await, 30);
+
+    // Fix the mapping, replay everything open.
+    save_mapping(
+        &synced,
+        &ferry::mapping::defaults::hubspot(
+            ferry::records::Kind::Contact,
+            ferry::mapping::Settings::default(),
+        ),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE dead_letters SET status = 'queued' WHERE tenant_id = $1 AND status = 'open'",
+    )
+    .bind(synced.tenant.0)
+    .execute(synced.pool())
+    .await
+    .expect("queue");
+    ferry::sync::wake(&synced.setup.app.state).await;
+    let healed = eventually(Duration::from_secs(30), || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND status <> 'replayed'",
+        )
+        .bind(synced.tenant.0)
+        .fetch_one(synced.pool())
+        .await
+        .expect("letters");
+        open == 0
+    })
+    .await;
+    assert!(healed, "{:?}", synced.letters().await);
+    synced.assert_contacts_equal().await;
+}
+
+#[tokio::test]
+async fn a_revoked_token_parks_the_work_until_reconnected_then_it_resumes() {
+    let synced = Synced::start(20, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    // Edit in the CRM while access is revoked and the token expired.
+    let (status, _) = synced
+        .crm(
+            reqwest::Method::PATCH,
+            "/crm/v3/objects/contacts/5",
+            Some(json!({"properties": {"jobtitle": "Lighthouse Keeper"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let revoked = crm_client()
+        .post(format!("{}/_sandbox/tokens/revoke", synced.setup.crm_base))
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status(), StatusCode::OK);
+    sqlx::query("UPDATE connections SET expires_at = now() - interval '1 minute' WHERE id = $1")
+        .bind(synced.connection)
+        .execute(synced.pool())
+        .await
+        .expect("expire");
+    let parked = eventually(Duration::from_secs(20), || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM connections WHERE id = $1")
+            .bind(synced.connection)
+            .fetch_one(synced.pool())
+            .await
+            .expect("status");
+        status == "needs_reauth"
+    })
+    .await;
+    assert!(parked, "the connection did not go to needs_reauth");
+    // The work waits: nothing is dead-lettered, the event is still pending.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE tenant_id = $1")
+        .bind(synced.tenant.0)
+        .fetch_one(synced.pool())
+        .await
+        .expect("letters");
+    assert_eq!(letters, 0);
+    assert_ne!(
+        synced.contact_of("5").await.and_then(|c| c.2).as_deref(),
+        Some("Lighthouse Keeper")
+    );
+    // Reconnect: the parked work runs.
+    let answer = connect(&synced.setup, &synced.owner, 0, true).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let resumed = eventually(Duration::from_secs(30), || async {
+        synced.contact_of("5").await.and_then(|c| c.2).as_deref() == Some("Lighthouse Keeper")
+    })
+    .await;
+    assert!(
+        resumed,
+        "the parked event was not processed after reconnecting"
+    );
+    synced.assert_contacts_equal().await;
+}
