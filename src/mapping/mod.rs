@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod preview;
 pub mod record;
 pub mod transform;
 pub mod validate;

@@ -3,7 +3,7 @@
 //! one, a connection uses its provider's default mapping.
 
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{Map, json};
 use uuid::Uuid;
 
 use super::model::{Mapping, Rule, Settings};
@@ -188,6 +188,20 @@ pub async fn save(
     author: &Author<'_>,
     note: &str,
 ) -> Result<i32, Error> {
+    save_noting(tx, connection, mapping, remote, author, note, Map::new()).await
+}
+
+/// Like [`save`], adding `details` (e.g. what the editor chose to do about existing records) to
+/// the audit entry.
+pub async fn save_noting(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    mapping: &Mapping,
+    remote: &[RemoteProperty],
+    author: &Author<'_>,
+    note: &str,
+    details: Map<String, serde_json::Value>,
+) -> Result<i32, Error> {
     let errors = validate(mapping, remote);
     if !errors.is_empty() {
         return Err(Error::Validation(
@@ -195,13 +209,17 @@ pub async fn save(
         ));
     }
     let version = append(tx, connection, mapping.kind, mapping, author, note, None).await?;
+    let mut after = details;
+    after.insert("object".into(), json!(mapping.kind.as_str()));
+    after.insert("version".into(), json!(version));
+    after.insert("rules".into(), json!(mapping.rules.len()));
     audit::record(
         tx,
         author.actor,
         author.meta,
         AuditEvent::new("mapping.saved")
             .target("connection", connection.to_string())
-            .after(json!({ "object": mapping.kind.as_str(), "version": version, "rules": mapping.rules.len() })),
+            .after(serde_json::Value::Object(after)),
     )
     .await?;
     Ok(version)

@@ -335,3 +335,6 @@ async fn the_mapping_page_changes_ownership_compares_and_restores() {
     let audit = owner.page("/audit?action=mapping.").await;
     assert!(audit.contains("mapping.rolled_back"));
 }
+
+mod editor;
+mod in_browser;
