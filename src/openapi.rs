@@ -99,6 +99,7 @@ pub struct ApiRoute {
 pub fn v1_routes() -> Vec<ApiRoute> {
     let mut routes = crate::tenancy::api::routes();
     routes.extend(crate::records::docs::routes());
+    routes.extend(crate::sync::api::routes());
     routes
 }
 
@@ -161,6 +162,7 @@ pub fn document() -> Json {
     let mut schemas = common_schemas();
     schemas.extend(crate::tenancy::api::schemas());
     schemas.extend(crate::records::docs::schemas());
+    schemas.extend(crate::sync::api::schemas());
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -175,7 +177,8 @@ pub fn document() -> Json {
         "tags": [
             {"name": "Account", "description": "The tenant an API key belongs to."},
             {"name": "Contacts"}, {"name": "Deals"}, {"name": "Tasks"},
-            {"name": "Connectors", "description": "Pushing records from a custom connector."}
+            {"name": "Connectors", "description": "Pushing records from a custom connector."},
+            {"name": "Dead letters", "description": "Sync work that failed: inspect, replay, discard."}
         ],
         "paths": paths,
         "components": {
@@ -329,6 +332,7 @@ pub async fn serve_docs(State(_): State<AppState>) -> Result<Response, Error> {
     let mut schemas = common_schemas();
     schemas.extend(crate::tenancy::api::schemas());
     schemas.extend(crate::records::docs::schemas());
+    schemas.extend(crate::sync::api::schemas());
     let schemas = schemas
         .into_iter()
         .map(|(name, schema)| DocSchema {

@@ -263,12 +263,14 @@ async fn refresh_locked(
             Ok(Refreshed::Done)
         }
         Err(ProviderError::InvalidGrant(reason)) => {
+            metrics::counter!("ferry_token_refresh_failures_total").increment(1);
             let mut tx = state.db.tenant(tenant).await?;
             mark_needs_reauth(&mut tx, id, "token refresh", &reason).await?;
             tx.commit().await?;
             Err(TokenError::NeedsReauth)
         }
         Err(err) => {
+            metrics::counter!("ferry_token_refresh_failures_total").increment(1);
             let message = err.to_string();
             let mut tx = state.db.tenant(tenant).await?;
             sqlx::query!(

@@ -64,6 +64,29 @@ fn sync_storage(state: &AppState, conn: apalis_redis::ConnectionManager) -> Redi
     RedisStorage::new(conn).with_config(queue_config(state, "sync"))
 }
 
+/// Jobs waiting per queue and state (`active`: fetched or ready, `scheduled`: due later or
+/// waiting for a poll), read from apalis-redis's own keys (its statistics API is not reliable).
+pub async fn queue_depths(
+    state: &AppState,
+) -> Result<Vec<(&'static str, &'static str, u64)>, JobError> {
+    let mut conn = state.kv.connection();
+    let mut out = Vec::new();
+    for queue in ["sync", "maintenance"] {
+        let config = queue_config(state, queue);
+        let active: u64 = redis::cmd("LLEN")
+            .arg(config.active_jobs_list())
+            .query_async(&mut conn)
+            .await?;
+        let scheduled: u64 = redis::cmd("ZCARD")
+            .arg(config.scheduled_jobs_set())
+            .query_async(&mut conn)
+            .await?;
+        out.push((queue, "active", active));
+        out.push((queue, "scheduled", scheduled));
+    }
+    Ok(out)
+}
+
 /// Puts a sync job on its queue unless one with the same key is already waiting (coalescing:
 /// the backlog stays one job per connection and kind whatever the traffic). Failures are logged:
 /// the reconciler re-derives the work from Postgres.

@@ -17,6 +17,7 @@
 //! Work is claimed with a lease in Postgres, so two workers never run the same unit, and a worker
 //! that dies mid-job leaves a lease that expires.
 
+pub mod api;
 pub mod control;
 pub mod dlq;
 pub mod inbound;
@@ -161,8 +162,14 @@ pub async fn client(
     })
 }
 
-/// Runs one job: the entry point of the sync worker.
+/// Runs one job: the entry point of the sync worker. Everything it logs carries the job.
 pub async fn run(state: &AppState, job: SyncJob) -> Result<(), Error> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!("sync_job", job = %job.key());
+    run_job(state, job).instrument(span).await
+}
+
+async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
     // A new enqueue of the same work may wait behind this run from now on.
     if let Err(err) = state.kv.delete(&job.pending_key()).await {
         tracing::debug!(error = %err, "could not clear the pending mark");

@@ -26,7 +26,7 @@ use crate::connectors::hubspot::client::{BatchInput, Record};
 use crate::db::TenantTx;
 use crate::error::Error;
 use crate::mapping::versions::{self, Current};
-use crate::mapping::{LocalChange, LocalRecord, RemoteRecord, apply_outbound};
+use crate::mapping::{LocalChange, LocalRecord, apply_outbound};
 use crate::records::{Kind, store};
 use crate::tenancy::TenantId;
 
@@ -34,8 +34,8 @@ use crate::tenancy::TenantId;
 pub const BATCH: i64 = 100;
 /// Batches per job before yielding.
 pub const BATCHES_PER_JOB: usize = 10;
-/// How long a claimed drain stays claimed if its worker dies.
-pub const LEASE: Duration = Duration::from_secs(5 * 60);
+/// How long a claimed drain stays claimed if its worker dies (renewed with every batch).
+pub const LEASE: Duration = Duration::from_secs(60);
 
 struct Row {
     id: i64,
@@ -330,11 +330,13 @@ async fn advance(
         runs::finish(&mut tx, run, None).await?;
     }
     sqlx::query!(
-        "UPDATE sync_connections SET outbox_position = GREATEST(outbox_position, $3)
+        "UPDATE sync_connections SET outbox_position = GREATEST(outbox_position, $3),
+                outbound_retry_at = now() + make_interval(secs => $4)
          WHERE tenant_id = $1 AND connection_id = $2",
         tenant.0,
         connection,
-        last
+        last,
+        LEASE.as_secs_f64()
     )
     .execute(&mut *tx)
     .await?;
@@ -379,8 +381,6 @@ pub async fn save_link(
 
 struct LinkRow {
     key: String,
-    remote_updated_at: Option<DateTime<Utc>>,
-    pushed: Option<Json>,
 }
 
 /// The record's link at this connection's CRM (`family:kind:id`), if any.
@@ -394,7 +394,7 @@ async fn link_of(
     let tenant = tx.tenant_id();
     let prefix = format!("{family}:{}:", kind.as_str());
     let row = sqlx::query!(
-        "SELECT key, remote_updated_at, pushed FROM external_links
+        "SELECT key FROM external_links
          WHERE tenant_id = $1 AND record_kind = $2 AND record_id = $3
            AND (connection_id = $4 OR connection_id IS NULL) AND starts_with(key, $5)
          ORDER BY connection_id IS NULL, created_at LIMIT 1",
@@ -406,11 +406,7 @@ async fn link_of(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|r| LinkRow {
-        key: r.key,
-        remote_updated_at: r.remote_updated_at,
-        pushed: r.pushed,
-    }))
+    Ok(row.map(|r| LinkRow { key: r.key }))
 }
 
 fn remote_id_of(key: &str) -> &str {
@@ -504,17 +500,35 @@ async fn push_one(
         stored.fields.to_json(kind),
         stored.updated_at,
     );
-    let last_known = link.as_ref().map(|l| {
-        let properties = match &l.pushed {
-            Some(Json::Object(p)) => p.clone(),
-            _ => Map::new(),
-        };
-        RemoteRecord::new(
-            remote_id_of(&l.key),
-            properties,
-            l.remote_updated_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
-        )
-    });
+    // The CRM's record as it is now, so each field's owner rule compares with the real value
+    // (someone may have changed it at the CRM since Ferry last looked).
+    let last_known = match &link {
+        None => None,
+        Some(l) => {
+            let remote_id = remote_id_of(&l.key).to_string();
+            let (_, modified) = poll::object_of(kind);
+            let mut properties: Vec<String> =
+                mapping.mapping.remote_properties().into_iter().collect();
+            properties.push(modified.to_string());
+            let read = crm
+                .api
+                .batch_read(object, std::slice::from_ref(&remote_id), &properties)
+                .await?;
+            match read.results.into_iter().next() {
+                Some(record) => Some(inbound::remote_record(&record)),
+                None => {
+                    // Deleted at the CRM: nothing to update (the deletion comes in by webhook
+                    // or poll and deletes the Ferry record).
+                    item.error = Some("the CRM no longer has this record".into());
+                    return Ok(Pushed {
+                        item,
+                        rejected: None,
+                        link: None,
+                    });
+                }
+            }
+        }
+    };
     let changed: Option<Vec<String>> = match (&link, &change.changed) {
         // Not at the CRM yet: send everything.
         (None, _) | (_, None) => None,

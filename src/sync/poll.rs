@@ -31,8 +31,8 @@ pub const PAGE: u32 = 200;
 pub const QUERY_CAP: i32 = 10_000;
 /// How far before the watermark an incremental query starts (search lag).
 pub const OVERLAP: Duration = Duration::from_secs(30);
-/// How long a claimed poll stays claimed if its worker dies.
-pub const LEASE: Duration = Duration::from_secs(5 * 60);
+/// How long a claimed poll stays claimed if its worker dies (renewed with every page).
+pub const LEASE: Duration = Duration::from_secs(60);
 /// Pages per job; then the job yields (re-enqueues itself) so other connections get a turn.
 pub const PAGES_PER_JOB: usize = 10;
 
@@ -336,7 +336,7 @@ async fn advance(
             backfill_done = backfill_done + CASE WHEN backfilled_at IS NULL THEN $10 ELSE 0 END,
             backfilled_at = CASE WHEN $11 THEN now() ELSE backfilled_at END,
             next_poll_at = CASE WHEN $12 THEN now() + make_interval(secs => $13)
-                                ELSE next_poll_at END,
+                                ELSE now() + make_interval(secs => $15) END,
             failures = 0, last_error = NULL, last_success_at = now(),
             last_run_id = coalesce($14, last_run_id)
          WHERE tenant_id = $1 AND connection_id = $2 AND object = $3",
@@ -353,7 +353,8 @@ async fn advance(
         finished_backfill,
         exhausted,
         cursor.interval.as_secs_f64(),
-        run
+        run,
+        LEASE.as_secs_f64()
     )
     .execute(&mut **tx)
     .await?;

@@ -41,8 +41,9 @@ use crate::tenancy::TenantId;
 pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// Events processed per batch of a connection.
 pub const EVENTS_PER_BATCH: i64 = 500;
-/// How long claimed event processing stays claimed if its worker dies.
-pub const LEASE: Duration = Duration::from_secs(5 * 60);
+/// How long claimed event processing stays claimed if its worker dies (renewed with every
+/// batch).
+pub const LEASE: Duration = Duration::from_secs(60);
 
 /// The URI as HubSpot signs it: only these escapes are decoded.
 fn signed_uri(uri: &str) -> String {
@@ -543,6 +544,12 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
     if events.is_empty() {
         return Ok(false);
     }
+    // The CRM's event ids and Ferry's ingestion (delivery) ids, for following an event through.
+    tracing::debug!(
+        events = ?events.iter().map(|e| e.payload.get("eventId").cloned().unwrap_or_default()).collect::<Vec<_>>(),
+        ingestion = ?events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "processing webhook events"
+    );
     let crm = super::client(state, tenant, connection).await?;
     // Coalesce: one read per object, whatever number of events named it.
     let mut objects: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
@@ -670,6 +677,15 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
          WHERE tenant_id = $1 AND id = ANY($2)",
         tenant.0,
         &ids
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "UPDATE sync_connections SET inbound_retry_at = now() + make_interval(secs => $3)
+         WHERE tenant_id = $1 AND connection_id = $2",
+        tenant.0,
+        connection,
+        LEASE.as_secs_f64()
     )
     .execute(&mut *tx)
     .await?;

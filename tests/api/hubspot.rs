@@ -258,14 +258,15 @@ async fn errors_are_classified_from_real_answers() {
 
 #[tokio::test]
 async fn concurrent_workers_stay_inside_the_crms_limit() {
-    // The sandbox allows 20 requests per rolling 10 s; Ferry budgets 18.
+    // The sandbox allows 20 requests per rolling 10 s; Ferry budgets 14 (the slack absorbs
+    // requests that arrive late at the CRM on a loaded machine).
     let setup = setup_with(1800, |args| ferry::sandbox::SandboxArgs {
         rate_limit: 20,
         ..args
     })
     .await;
     let limits = Limits {
-        general: 18,
+        general: 14,
         general_window: Duration::from_secs(10),
         ..Limits::default()
     };

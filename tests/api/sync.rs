@@ -14,6 +14,17 @@ use crate::oauth::{Setup, connect, connection_row, crm_client, setup_full};
 use ferry::connections::tokens;
 use ferry::tenancy::TenantId;
 
+/// A cursor as shown when a backfill times out.
+type CursorRow = (
+    String,
+    i64,
+    Option<i64>,
+    i32,
+    Option<String>,
+    i32,
+    Option<String>,
+);
+
 /// A contact as compared: email, first name, last name, job title.
 type ContactRow = (
     Option<String>,
@@ -148,9 +159,17 @@ impl Synced {
         path: &str,
         body: Option<Json>,
     ) -> (u16, Json) {
-        let token = tokens::access_token(&self.setup.app.state, self.tenant, self.connection)
-            .await
-            .expect("access token");
+        // A fresh token (refreshed if due); while the connection is paused, the stored one.
+        let state = &self.setup.app.state;
+        let token = match tokens::access_token(state, self.tenant, self.connection).await {
+            Ok(token) => token,
+            Err(_) => tokens::stored(state, self.tenant, self.connection)
+                .await
+                .expect("stored")
+                .open_access(&state.vault)
+                .expect("open")
+                .expect("a token"),
+        };
         use secrecy::ExposeSecret as _;
         let mut request = crm_client()
             .request(method, format!("{}{path}", self.setup.crm_base))
@@ -291,7 +310,21 @@ impl Synced {
 
     pub async fn wait_backfilled(&self, within: Duration) {
         let done = eventually(within, || async { self.backfilled().await }).await;
-        assert!(done, "backfill did not finish within {within:?}");
+        if !done {
+            let cursors: Vec<CursorRow> = sqlx::query_as(
+                "SELECT object, backfill_done, backfill_total, failures, last_error,
+                            query_offset, query_from::text
+                     FROM sync_cursors WHERE connection_id = $1",
+            )
+            .bind(self.connection)
+            .fetch_all(self.pool())
+            .await
+            .expect("cursors");
+            panic!(
+                "backfill did not finish within {within:?}: {cursors:?} {:?}",
+                self.letters().await
+            );
+        }
     }
 
     /// Open dead letters, for failure messages.
@@ -915,4 +948,412 @@ async fn a_revoked_token_parks_the_work_until_reconnected_then_it_resumes() {
         "the parked event was not processed after reconnecting"
     );
     synced.assert_contacts_equal().await;
+}
+
+const SANDBOX_SECRET: &str = "ferry-sandbox-secret-change-me";
+
+/// Signs like HubSpot (v3): base64 HMAC-SHA256 of method, URL, body and timestamp.
+fn sign(secret: &str, url: &str, body: &str, timestamp: i64) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(format!("POST{url}{body}{timestamp}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+async fn post_webhook(
+    base: &str,
+    body: &str,
+    timestamp: i64,
+    signature: &str,
+) -> reqwest::Response {
+    api_client()
+        .post(format!("{base}/webhooks/hubspot"))
+        .header("content-type", "application/json")
+        .header("X-HubSpot-Request-Timestamp", timestamp.to_string())
+        .header("X-HubSpot-Signature-v3", signature)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("webhook post")
+}
+
+async fn deliveries(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(pool)
+        .await
+        .expect("deliveries")
+}
+
+#[tokio::test]
+async fn webhook_signatures_are_checked_before_anything_is_stored() {
+    let app = crate::helpers::spawn_app().await;
+    let url = app.url("/webhooks/hubspot");
+    let body = r#"[{"eventId":1,"portalId":1000001,"occurredAt":1700000000000,"subscriptionType":"contact.propertyChange","objectId":1,"propertyName":"email"}]"#;
+    let now = chrono::Utc::now().timestamp_millis();
+
+    // Wrong secret, tampered body, missing headers, stale timestamp: 401 and nothing stored.
+    let wrong = post_webhook(
+        &app.base,
+        body,
+        now,
+        &sign("not-the-secret", &url, body, now),
+    )
+    .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(wrong.headers()["content-type"], "application/problem+json");
+    let tampered = post_webhook(
+        &app.base,
+        &body.replace("email", "phone"),
+        now,
+        &sign(SANDBOX_SECRET, &url, body, now),
+    )
+    .await;
+    assert_eq!(tampered.status(), StatusCode::UNAUTHORIZED);
+    let unsigned = api_client()
+        .post(&url)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
+    let old = now - 6 * 60 * 1000;
+    let stale = post_webhook(&app.base, body, old, &sign(SANDBOX_SECRET, &url, body, old)).await;
+    assert_eq!(stale.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(deliveries(app.pool()).await, 0);
+
+    // Correctly signed (over the URL as received): stored and acknowledged at once, even for a
+    // portal nobody connected (so HubSpot stops retrying).
+    let good = post_webhook(&app.base, body, now, &sign(SANDBOX_SECRET, &url, body, now)).await;
+    assert_eq!(good.status(), StatusCode::NO_CONTENT);
+    assert_eq!(deliveries(app.pool()).await, 1);
+    // Routing finds no connection for the portal: the delivery is done, no event is kept.
+    ferry::sync::webhooks::route_deliveries(&app.state)
+        .await
+        .expect("route");
+    let (pending, events): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_deliveries WHERE processed_at IS NULL),
+                (SELECT count(*) FROM inbound_events)",
+    )
+    .fetch_one(app.pool())
+    .await
+    .expect("counts");
+    assert_eq!((pending, events), (0, 0));
+}
+
+#[tokio::test]
+async fn webhook_events_reach_only_the_tenant_that_connected_the_portal() {
+    let synced = Synced::start(5, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(30)).await;
+    let other = synced.setup.app.owner("Other Co", "olga@other.test").await;
+    let url = synced.setup.app.url("/webhooks/hubspot");
+    let portal = synced.setup.crm.sandbox.portals[0].id;
+    let now = chrono::Utc::now().timestamp_millis();
+    let body = format!(
+        r#"[{{"eventId":77,"portalId":{portal},"occurredAt":{now},"subscriptionType":"contact.propertyChange","objectId":3,"propertyName":"jobtitle","propertyValue":"x"}}]"#
+    );
+    // Delivered twice (HubSpot retries): one event.
+    for _ in 0..2 {
+        let answer = post_webhook(
+            &synced.setup.app.base,
+            &body,
+            now,
+            &sign(SANDBOX_SECRET, &url, &body, now),
+        )
+        .await;
+        assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    }
+    let routed = eventually(Duration::from_secs(15), || async {
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT tenant_id, status FROM inbound_events WHERE event_id = '77'")
+                .fetch_all(synced.pool())
+                .await
+                .expect("events");
+        rows.len() == 1 && rows[0].0 == synced.tenant.0 && rows[0].1 == "processed"
+    })
+    .await;
+    assert!(
+        routed,
+        "the event was not routed once to its tenant and processed"
+    );
+    // The other tenant has no events, runs or items.
+    let other_tenant: Uuid =
+        sqlx::query_scalar("SELECT tenant_id FROM users WHERE email = 'olga@other.test'")
+            .fetch_one(synced.pool())
+            .await
+            .expect("tenant");
+    let seen: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM inbound_events WHERE tenant_id = $1)
+              + (SELECT count(*) FROM sync_runs WHERE tenant_id = $1)
+              + (SELECT count(*) FROM sync_items WHERE tenant_id = $1)",
+    )
+    .bind(other_tenant)
+    .fetch_one(synced.pool())
+    .await
+    .expect("other");
+    assert_eq!(seen, 0);
+    drop(other);
+}
+
+#[tokio::test]
+async fn the_dead_letter_api_lists_replays_and_discards_and_keeps_tenants_apart() {
+    let mut synced = Synced::start_idle(12, 0, 0).await;
+    save_mapping(&synced, &failing_job_titles()).await;
+    synced.start_worker();
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let key = create_api_key(&synced.owner, "ops").await;
+    let client = api_client();
+    let list = |query: String| {
+        let client = client.clone();
+        let key = key.clone();
+        let url = synced.setup.app.url(&format!("/v1/dead-letters{query}"));
+        async move {
+            let answer = client.get(url).bearer_auth(key).send().await.expect("list");
+            assert_eq!(answer.status(), StatusCode::OK);
+            answer.json::<Json>().await.expect("json")
+        }
+    };
+    let page = list("?limit=5".into()).await;
+    let first: Vec<i64> = page["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .filter_map(|l| l["id"].as_i64())
+        .collect();
+    assert_eq!(first.len(), 5);
+    let after = page["next_after"].as_i64().expect("more pages");
+    let rest = list(format!("?limit=200&after={after}")).await;
+    let total = first.len() + rest["data"].as_array().map_or(0, Vec::len);
+    assert!(total >= 10, "{total}");
+
+    // One letter in full, with its attempts.
+    let one: Json = client
+        .get(
+            synced
+                .setup
+                .app
+                .url(&format!("/v1/dead-letters/{}", first[0])),
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("show")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(one["scope"], "record");
+    assert!(one["payload"]["remote"]["id"].is_string(), "{one}");
+    assert_eq!(one["attempt_log"].as_array().map(Vec::len), Some(1));
+
+    // Bad input is a problem, not a guess.
+    let bad = client
+        .get(synced.setup.app.url("/v1/dead-letters?status=lost"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("bad");
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Another tenant's key sees none of it and can act on none of it.
+    let other = synced.setup.app.owner("Other Co", "olga@other.test").await;
+    let other_key = create_api_key(&other, "theirs").await;
+    let theirs: Json = client
+        .get(synced.setup.app.url("/v1/dead-letters?status=all"))
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(theirs["data"].as_array().map(Vec::len), Some(0));
+    for path in [format!("/v1/dead-letters/{}", first[0])] {
+        let answer = client
+            .get(synced.setup.app.url(&path))
+            .bearer_auth(&other_key)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    }
+    let stolen = client
+        .post(
+            synced
+                .setup
+                .app
+                .url(&format!("/v1/dead-letters/{}/discard", first[0])),
+        )
+        .bearer_auth(&other_key)
+        .send()
+        .await
+        .expect("discard");
+    assert_eq!(stolen.status(), StatusCode::NOT_FOUND);
+    let bulk_theirs: Json = client
+        .post(synced.setup.app.url("/v1/dead-letters/bulk"))
+        .bearer_auth(&other_key)
+        .json(&json!({"action": "discard", "ids": first}))
+        .send()
+        .await
+        .expect("bulk")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(bulk_theirs["done"], 0);
+
+    // Discard one; it cannot be replayed afterwards.
+    let discarded = client
+        .post(
+            synced
+                .setup
+                .app
+                .url(&format!("/v1/dead-letters/{}/discard", first[0])),
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("discard");
+    assert_eq!(discarded.status(), StatusCode::OK);
+    let again = client
+        .post(
+            synced
+                .setup
+                .app
+                .url(&format!("/v1/dead-letters/{}/replay", first[0])),
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("replay");
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+
+    // Fix the mapping and replay the rest in bulk: they succeed.
+    save_mapping(
+        &synced,
+        &ferry::mapping::defaults::hubspot(
+            ferry::records::Kind::Contact,
+            ferry::mapping::Settings::default(),
+        ),
+    )
+    .await;
+    let open: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM dead_letters WHERE tenant_id = $1 AND status = 'open'")
+            .bind(synced.tenant.0)
+            .fetch_all(synced.pool())
+            .await
+            .expect("open");
+    let replayed: Json = client
+        .post(synced.setup.app.url("/v1/dead-letters/bulk"))
+        .bearer_auth(&key)
+        .json(&json!({"action": "replay", "ids": open}))
+        .send()
+        .await
+        .expect("bulk")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(replayed["done"].as_u64(), Some(open.len() as u64));
+    let healed = eventually(Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND status IN ('open', 'queued')",
+        )
+        .bind(synced.tenant.0)
+        .fetch_one(synced.pool())
+        .await
+        .expect("count");
+        n == 0
+    })
+    .await;
+    assert!(healed, "{:?}", synced.letters().await);
+    let statuses: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT status FROM dead_letters WHERE tenant_id = $1 ORDER BY 1",
+    )
+    .bind(synced.tenant.0)
+    .fetch_all(synced.pool())
+    .await
+    .expect("statuses");
+    assert_eq!(
+        statuses,
+        vec!["discarded".to_string(), "replayed".to_string()]
+    );
+}
+
+#[tokio::test]
+async fn conflicting_edits_resolve_per_field_by_the_mappings_owner_rule() {
+    use ferry::mapping::ConflictPolicy;
+    let mut synced = Synced::start_idle(5, 0, 0).await;
+    let mut mapping = ferry::mapping::defaults::hubspot(
+        ferry::records::Kind::Contact,
+        ferry::mapping::Settings::default(),
+    );
+    for rule in &mut mapping.rules {
+        match rule.local.as_str() {
+            "job_title" => rule.conflict = ConflictPolicy::RemoteWins,
+            "first_name" => rule.conflict = ConflictPolicy::LocalWins,
+            _ => {}
+        }
+    }
+    save_mapping(&synced, &mapping).await;
+    synced.start_worker();
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let key = create_api_key(&synced.owner, "conflicts").await;
+    let (local_id, ..) = synced.contact_of("1").await.expect("linked");
+
+    // Both sides change the same two fields while the connection is paused.
+    set_status(&synced, "paused").await;
+    let patched = api_client()
+        .patch(synced.setup.app.url(&format!("/v1/contacts/{local_id}")))
+        .bearer_auth(&key)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"job_title": "Ferry title", "first_name": "Ferryname"}"#)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _) = synced
+        .crm(
+            reqwest::Method::PATCH,
+            "/crm/v3/objects/contacts/1",
+            Some(json!({"properties": {"jobtitle": "CRM title", "firstname": "Crmname"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // Let the webhook arrive and wait, then resume.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    set_status(&synced, "active").await;
+    ferry::sync::wake(&synced.setup.app.state).await;
+
+    // The CRM owns the job title, Ferry owns the first name: on both sides.
+    let settled = eventually(Duration::from_secs(30), || async {
+        let (_, crm) = synced
+            .crm(
+                reqwest::Method::GET,
+                "/crm/v3/objects/contacts/1?properties=jobtitle,firstname",
+                None,
+            )
+            .await;
+        let local: (Option<String>, Option<String>) =
+            sqlx::query_as("SELECT job_title, first_name FROM contacts WHERE id = $1")
+                .bind(local_id)
+                .fetch_one(synced.pool())
+                .await
+                .expect("local");
+        crm["properties"]["jobtitle"] == "CRM title"
+            && crm["properties"]["firstname"] == "Ferryname"
+            && local.0.as_deref() == Some("CRM title")
+            && local.1.as_deref() == Some("Ferryname")
+    })
+    .await;
+    assert!(settled, "{:?}", synced.letters().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    synced.assert_contacts_equal().await;
+}
+
+async fn set_status(synced: &Synced, status: &str) {
+    sqlx::query("UPDATE connections SET status = $2 WHERE id = $1")
+        .bind(synced.connection)
+        .bind(status)
+        .execute(synced.pool())
+        .await
+        .expect("status");
 }
