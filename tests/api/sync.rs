@@ -1357,3 +1357,81 @@ async fn set_status(synced: &Synced, status: &str) {
         .await
         .expect("status");
 }
+
+#[tokio::test]
+async fn one_tenants_backfill_does_not_starve_another_tenant() {
+    // Tenant A connects a big portal, tenant B a small one, on one Ferry with one worker.
+    let setup = setup_full(
+        1800,
+        &[
+            ("FERRY_HUBSPOT_RATE_LIMIT", "100000"),
+            ("FERRY_HUBSPOT_SEARCH_RATE_LIMIT", "1000"),
+        ],
+        |args| {
+            fast(ferry::sandbox::SandboxArgs {
+                seed_contacts: 4_000,
+                seed_deals: 2_000,
+                seed_tasks: 2_000,
+                ..args
+            })
+        },
+    )
+    .await;
+    let big = setup.app.owner("Big Co", "ann@big.test").await;
+    let small = setup.app.owner("Small Co", "bob@small.test").await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = setup.app.state.clone();
+    let worker = tokio::spawn(async move {
+        let _ = ferry::jobs::run(state, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    assert_eq!(
+        connect(&setup, &big, 0, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    // B's portal (the sandbox's second) is empty: its backfill is a few searches.
+    assert_eq!(
+        connect(&setup, &small, 1, true).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let connections: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "SELECT c.id, c.tenant_id, u.email FROM connections c JOIN users u ON u.tenant_id = c.tenant_id",
+    )
+    .fetch_all(setup.app.pool())
+    .await
+    .expect("connections");
+    let find = |email: &str| {
+        connections
+            .iter()
+            .find(|c| c.2 == email)
+            .map(|c| (c.0, TenantId(c.1)))
+            .expect("connection")
+    };
+    let (big_conn, _) = find("ann@big.test");
+    let (small_conn, _) = find("bob@small.test");
+    let backfilled = |connection: Uuid| {
+        let pool = setup.app.pool().clone();
+        async move {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM sync_cursors WHERE connection_id = $1 AND backfilled_at IS NULL",
+            )
+            .bind(connection)
+            .fetch_one(&pool)
+            .await
+            .expect("cursors");
+            pending == 0
+        }
+    };
+    let small_done = eventually(Duration::from_secs(60), || backfilled(small_conn)).await;
+    assert!(small_done, "the small tenant's sync never got a turn");
+    assert!(
+        !backfilled(big_conn).await,
+        "the big backfill finished first: the test proves nothing"
+    );
+    let big_done = eventually(Duration::from_secs(240), || backfilled(big_conn)).await;
+    assert!(big_done, "the big backfill did not finish");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
+}
