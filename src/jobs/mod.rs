@@ -25,6 +25,8 @@ pub enum Maintenance {
     PurgeExpiredIdempotencyKeys,
     /// Refresh OAuth tokens that expire soon, well before anyone needs them.
     RefreshExpiringTokens,
+    /// Delete processed webhook deliveries and events past their retention.
+    PurgeProcessedWebhooks,
 }
 
 /// How often maintenance is scheduled.
@@ -120,6 +122,12 @@ async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), 
                 tracing::info!(refreshed, "refreshed expiring tokens");
             }
         }
+        Maintenance::PurgeProcessedWebhooks => {
+            let purged = sync::webhooks::purge_processed(&state).await?;
+            if purged > 0 {
+                tracing::info!(purged, "purged processed webhook deliveries and events");
+            }
+        }
         Maintenance::PurgeExpiredIdempotencyKeys => {
             let purged = idempotency::purge_expired(&state.db).await?;
             tracing::info!(purged, "purged expired idempotency keys");
@@ -176,6 +184,35 @@ async fn run_sync(job: SyncJob, state: Data<AppState>) -> Result<(), BoxDynError
 /// top, across all processes).
 pub const SYNC_CONCURRENCY: usize = 4;
 
+/// Deletes what apalis-redis keeps of finished jobs (it never does: the done set, the job's data
+/// and its metadata), up to `limit` per queue. Returns how many it removed.
+pub async fn purge_done(state: &AppState, limit: usize) -> Result<u64, JobError> {
+    let script = redis::Script::new(
+        r"
+        local ids = redis.call('SPOP', KEYS[1], tonumber(ARGV[1]))
+        for _, id in ipairs(ids) do
+            redis.call('HDEL', KEYS[2], id)
+            redis.call('DEL', KEYS[3] .. ':' .. id)
+        end
+        return #ids
+        ",
+    );
+    let mut conn = state.kv.connection();
+    let mut removed = 0;
+    for queue in ["sync", "maintenance"] {
+        let config = queue_config(state, queue);
+        let n: u64 = script
+            .key(config.done_jobs_set())
+            .key(config.job_data_hash())
+            .key(config.job_meta_hash())
+            .arg(limit)
+            .invoke_async(&mut conn)
+            .await?;
+        removed += n;
+    }
+    Ok(removed)
+}
+
 /// Offers due work to the workers every few seconds (coalesced: a pass already waiting is not
 /// queued twice, whatever number of processes run this loop).
 async fn reconcile_loop(state: AppState) {
@@ -184,6 +221,12 @@ async fn reconcile_loop(state: AppState) {
     loop {
         tick.tick().await;
         enqueue_sync(&state, SyncJob::Reconcile).await;
+        // Finished jobs would otherwise stay in Redis forever.
+        match purge_done(&state, 2_000).await {
+            Ok(n) if n > 0 => tracing::debug!(removed = n, "purged finished jobs"),
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "could not purge finished jobs"),
+        }
     }
 }
 
@@ -204,6 +247,7 @@ pub async fn run(
             &[
                 Maintenance::PurgeExpiredSessions,
                 Maintenance::PurgeExpiredIdempotencyKeys,
+                Maintenance::PurgeProcessedWebhooks,
             ],
         )),
         tokio::spawn(schedule(

@@ -408,6 +408,43 @@ impl EventColumns {
     }
 }
 
+/// How long processed deliveries and events are kept (for looking into what HubSpot sent).
+pub const RETENTION_DAYS: i32 = 7;
+
+/// Deletes processed deliveries and events older than [`RETENTION_DAYS`], in bounded batches.
+pub async fn purge_processed(state: &AppState) -> Result<u64, Error> {
+    let db = state.db.cross_tenant();
+    let mut purged = 0;
+    loop {
+        // CROSS-TENANT: retention applies to every tenant alike.
+        let events = sqlx::query!(
+            "DELETE FROM inbound_events WHERE id IN (
+                 SELECT id FROM inbound_events
+                 WHERE status <> 'pending' AND processed_at < now() - make_interval(days => $1)
+                 LIMIT 10000)",
+            RETENTION_DAYS
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        // CROSS-TENANT: deliveries are not tenant-owned.
+        let deliveries = sqlx::query!(
+            "DELETE FROM webhook_deliveries WHERE id IN (
+                 SELECT id FROM webhook_deliveries
+                 WHERE processed_at < now() - make_interval(days => $1)
+                 LIMIT 10000)",
+            RETENTION_DAYS
+        )
+        .execute(db)
+        .await?
+        .rows_affected();
+        purged += events + deliveries;
+        if events < 10_000 && deliveries < 10_000 {
+            return Ok(purged);
+        }
+    }
+}
+
 struct Pending {
     id: i64,
     subscription: String,

@@ -54,3 +54,50 @@ async fn the_maintenance_job_purges_expired_sessions_and_workers_stop_gracefully
         "workers shut down cleanly: {finished:?}"
     );
 }
+
+#[tokio::test]
+async fn finished_jobs_do_not_pile_up_in_redis() {
+    let app = spawn_app().await;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(jobs::run(app.state.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    for _ in 0..20 {
+        jobs::enqueue_maintenance(&app.state, Maintenance::PurgeExpiredIdempotencyKeys)
+            .await
+            .expect("enqueue");
+    }
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("redis");
+    let conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let prefix = app.redis_prefix.clone();
+    // The jobs run, and what apalis keeps of them is purged (the reconcile tick does it).
+    let clean = eventually(Duration::from_secs(30), || {
+        let mut conn = conn.clone();
+        let prefix = prefix.clone();
+        async move {
+            let done: i64 = redis::cmd("SCARD")
+                .arg(format!("{prefix}:maintenance:done"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(-1);
+            let data: i64 = redis::cmd("HLEN")
+                .arg(format!("{prefix}:maintenance:data"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(-1);
+            let metas: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("{prefix}:maintenance:meta:*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            done == 0 && data == 0 && metas.is_empty()
+        }
+    })
+    .await;
+    assert!(clean, "finished jobs left in Redis");
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(35), runner).await;
+}

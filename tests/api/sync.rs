@@ -1039,6 +1039,25 @@ async fn webhook_signatures_are_checked_before_anything_is_stored() {
     .await
     .expect("counts");
     assert_eq!((pending, events), (0, 0));
+
+    // Processed deliveries are kept a week, then purged.
+    assert_eq!(
+        ferry::sync::webhooks::purge_processed(&app.state)
+            .await
+            .expect("purge"),
+        0
+    );
+    sqlx::query("UPDATE webhook_deliveries SET processed_at = now() - interval '8 days'")
+        .execute(app.pool())
+        .await
+        .expect("age");
+    assert_eq!(
+        ferry::sync::webhooks::purge_processed(&app.state)
+            .await
+            .expect("purge"),
+        1
+    );
+    assert_eq!(deliveries(app.pool()).await, 0);
 }
 
 #[tokio::test]
