@@ -7,6 +7,7 @@ pub mod connections;
 pub mod connectors;
 pub mod db;
 pub mod error;
+pub mod history;
 pub mod jobs;
 pub mod kv;
 pub mod mapping;

@@ -6,6 +6,8 @@ mod auth;
 mod connections;
 pub mod csrf;
 mod dashboard;
+mod dlq;
+mod history;
 pub mod mappings;
 mod static_files;
 mod users;
@@ -74,6 +76,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
 
     let operators = Router::new()
         .route("/connections/{id}/pause", post(connections::pause))
+        .route("/dlq/confirm", get(dlq::confirm))
+        .route("/dlq/actions", post(dlq::act))
+        .route("/dlq/{id}/replay", post(dlq::replay_one))
+        .route("/dlq/{id}/reveal", post(dlq::reveal))
+        .route("/dlq/{id}/edit", post(dlq::edit))
         .route("/connections/{id}/resume", post(connections::resume))
         .route_layer(middleware::from_fn_with_state(Role::Operator, require_role));
 
@@ -84,6 +91,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/connections", get(connections::index))
         .route("/connections/{id}", get(connections::show))
         .route("/connections/{id}/mappings/{object}", get(mappings::edit))
+        .route("/history", get(history::index))
+        .route("/history/records", get(history::timeline))
+        .route("/history/{run}", get(history::run))
+        .route("/dlq", get(dlq::index))
+        .route("/dlq/{id}", get(dlq::show))
         .merge(operators)
         .merge(admin)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_login));

@@ -195,7 +195,16 @@ async fn a_new_user_signs_up_adds_a_user_creates_a_key_and_reads_the_audit_log()
     for link in web.find_all("nav.mainnav a").await {
         nav.push(link.text().await.expect("link text"));
     }
-    assert_eq!(nav, vec!["Dashboard", "Connections", "Users"]);
+    assert_eq!(
+        nav,
+        vec![
+            "Dashboard",
+            "Connections",
+            "History",
+            "Dead letters",
+            "Users"
+        ]
+    );
     assert!(
         web.find_all("a[href='/settings/api-keys'], a[href='/audit']")
             .await
@@ -422,15 +431,15 @@ fn free_port() -> u16 {
 }
 
 /// One headless Chromium on one Ferry server.
-struct Web {
-    client: Client,
+pub(crate) struct Web {
+    pub(crate) client: Client,
     base: String,
     // Dropped after the client.
     _driver: Driver,
 }
 
 impl Web {
-    async fn open(app: &TestApp) -> Web {
+    pub(crate) async fn open(app: &TestApp) -> Web {
         let driver = Driver::start().await;
         let args = vec![
             "--headless".to_string(),
@@ -466,14 +475,14 @@ impl Web {
     }
 
     /// Ends the WebDriver session (Chromium quits); chromedriver stops when `self` drops.
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         let Web {
             client, _driver, ..
         } = self;
         client.close().await.expect("end the browser session");
     }
 
-    async fn goto(&self, path: &str) {
+    pub(crate) async fn goto(&self, path: &str) {
         let url = format!("{}{path}", self.base);
         self.client
             .goto(&url)
@@ -482,7 +491,7 @@ impl Web {
     }
 
     /// Polls `check` until it returns something or [`WAIT`] passes.
-    async fn wait_until<T, F>(&self, what: &str, mut check: F) -> T
+    pub(crate) async fn wait_until<T, F>(&self, what: &str, mut check: F) -> T
     where
         F: AsyncFnMut() -> Option<T>,
     {
@@ -517,7 +526,7 @@ impl Web {
         }
     }
 
-    async fn wait_for_path(&self, path: &str) {
+    pub(crate) async fn wait_for_path(&self, path: &str) {
         self.wait_until(&format!("the page {path}"), async || {
             let url = self.client.current_url().await.ok()?;
             (url.path() == path).then_some(())
@@ -525,7 +534,7 @@ impl Web {
         .await;
     }
 
-    async fn find_all(&self, css: &str) -> Vec<Element> {
+    pub(crate) async fn find_all(&self, css: &str) -> Vec<Element> {
         self.client
             .find_all(Locator::Css(css))
             .await
@@ -533,7 +542,7 @@ impl Web {
     }
 
     /// The first element matching `css`, waiting for it to appear.
-    async fn find(&self, css: &str) -> Element {
+    pub(crate) async fn find(&self, css: &str) -> Element {
         self.wait_until(&format!("an element {css}"), async || {
             self.find_all(css).await.into_iter().next()
         })
@@ -553,7 +562,7 @@ impl Web {
     }
 
     /// Waits for an element matching `css` whose text contains `needle`; returns its text.
-    async fn wait_text(&self, css: &str, needle: &str) -> String {
+    pub(crate) async fn wait_text(&self, css: &str, needle: &str) -> String {
         self.wait_until(&format!("{css} showing {needle:?}"), async || {
             for element in self.find_all(css).await {
                 if let Ok(text) = element.text().await
@@ -567,7 +576,7 @@ impl Web {
         .await
     }
 
-    async fn click(&self, css: &str) {
+    pub(crate) async fn click(&self, css: &str) {
         self.find(css)
             .await
             .click()
@@ -587,7 +596,7 @@ impl Web {
     }
 
     /// Types into a field, replacing what it held.
-    async fn fill(&self, css: &str, text: &str) {
+    pub(crate) async fn fill(&self, css: &str, text: &str) {
         let field = self.find(css).await;
         field
             .clear()
@@ -600,7 +609,7 @@ impl Web {
     }
 
     /// The current value of a form field.
-    async fn value(&self, css: &str) -> String {
+    pub(crate) async fn value(&self, css: &str) -> String {
         self.find(css)
             .await
             .prop("value")
@@ -609,7 +618,7 @@ impl Web {
             .unwrap_or_default()
     }
 
-    async fn js(&self, script: &str) -> Value {
+    pub(crate) async fn js(&self, script: &str) -> Value {
         self.client
             .execute(script, vec![])
             .await
@@ -694,7 +703,7 @@ impl Web {
     }
 
     /// With `FERRY_SCREENSHOTS` set, saves a screenshot of the whole page there as `name.png`.
-    async fn shot(&self, name: &str) {
+    pub(crate) async fn shot(&self, name: &str) {
         let Some(dir) = std::env::var_os("FERRY_SCREENSHOTS") else {
             return;
         };
