@@ -130,6 +130,13 @@ pub fn routes() -> Vec<ApiRoute> {
         reply(200, "What was done.", Some("DeadLetterAction")),
         reply(422, "Invalid request.", Some("Problem")),
     ];
+    for op in [&mut list, &mut show, &mut replay, &mut discard, &mut bulk] {
+        op.replies.push(reply(
+            401,
+            "Missing, unknown or revoked API key.",
+            Some("Problem"),
+        ));
+    }
     vec![
         ApiRoute {
             operation: list,

@@ -15,6 +15,7 @@ mod history;
 mod hubspot;
 mod isolation;
 mod jobs;
+mod journey;
 mod mappings;
 mod oauth;
 mod openapi;
