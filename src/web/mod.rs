@@ -1,5 +1,6 @@
 //! The admin UI: server-rendered pages (askama), htmx for small interactions, sessions in cookies.
 
+mod alerts;
 mod api_keys;
 mod audit;
 mod auth;
@@ -7,6 +8,7 @@ mod connections;
 pub mod csrf;
 mod dashboard;
 pub mod mappings;
+mod rules;
 mod static_files;
 mod users;
 
@@ -70,11 +72,25 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/connections/{id}/mappings/{object}/restore",
             post(mappings::restore),
         )
+        .route("/settings/rules", post(rules::create))
+        .route("/settings/rules/{id}/enable", post(rules::enable))
+        .route("/settings/rules/{id}/disable", post(rules::disable))
+        .route("/settings/rules/{id}/delete", post(rules::delete))
+        .route("/settings/alerts", get(alerts::index).post(alerts::create))
+        .route("/settings/alerts/threshold", post(alerts::threshold))
+        .route("/settings/alerts/{id}/test", post(alerts::test))
+        .route("/settings/alerts/{id}/delete", post(alerts::delete))
         .route_layer(middleware::from_fn_with_state(Role::Admin, require_role));
 
     let operators = Router::new()
         .route("/connections/{id}/pause", post(connections::pause))
         .route("/connections/{id}/resume", post(connections::resume))
+        .route("/connections/{id}/sync-now", post(connections::sync_now))
+        .route("/connections/{id}/resync", post(connections::resync))
+        .route(
+            "/connections/{id}/poll-interval",
+            post(connections::poll_interval),
+        )
         .route_layer(middleware::from_fn_with_state(Role::Operator, require_role));
 
     let members = Router::new()
@@ -83,6 +99,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/logout", post(auth::logout))
         .route("/connections", get(connections::index))
         .route("/connections/{id}", get(connections::show))
+        .route(
+            "/connections/{id}/sync-state",
+            get(connections::sync_state_fragment),
+        )
+        .route("/settings/rules", get(rules::index))
         .route("/connections/{id}/mappings/{object}", get(mappings::edit))
         .merge(operators)
         .merge(admin)

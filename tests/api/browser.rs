@@ -195,7 +195,7 @@ async fn a_new_user_signs_up_adds_a_user_creates_a_key_and_reads_the_audit_log()
     for link in web.find_all("nav.mainnav a").await {
         nav.push(link.text().await.expect("link text"));
     }
-    assert_eq!(nav, vec!["Dashboard", "Connections", "Users"]);
+    assert_eq!(nav, vec!["Dashboard", "Connections", "Rules", "Users"]);
     assert!(
         web.find_all("a[href='/settings/api-keys'], a[href='/audit']")
             .await

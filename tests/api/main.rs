@@ -3,12 +3,15 @@
 
 mod helpers;
 
+mod alerts;
 mod api_keys;
 mod auth;
 mod browser;
 mod cli;
+mod connection_detail;
 mod connections;
 mod csrf;
+mod dashboard;
 mod health;
 mod hubspot;
 mod isolation;
@@ -20,4 +23,5 @@ mod readme;
 mod records;
 mod rls;
 mod roles;
+mod rules_page;
 mod sync;
