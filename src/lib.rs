@@ -1,6 +1,7 @@
 //! Ferry: a multi-tenant native-connector backend. `main.rs` parses the command line; everything
 //! else starts here.
 
+pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod connections;

@@ -27,6 +27,9 @@ pub enum Maintenance {
     RefreshExpiringTokens,
     /// Delete processed webhook deliveries and events past their retention.
     PurgeProcessedWebhooks,
+    /// Raise alerts for stalled syncs and dead-letter growth, and deliver open alerts to the
+    /// tenants' destinations.
+    CheckAlerts,
 }
 
 /// How often maintenance is scheduled.
@@ -120,6 +123,17 @@ async fn run_maintenance(job: Maintenance, state: Data<AppState>) -> Result<(), 
             let refreshed = connections::tokens::refresh_expiring(&state).await?;
             if refreshed > 0 {
                 tracing::info!(refreshed, "refreshed expiring tokens");
+            }
+        }
+        Maintenance::CheckAlerts => {
+            let done = crate::alerts::check_and_deliver(&state).await?;
+            if done.raised + done.resolved + done.delivered > 0 {
+                tracing::info!(
+                    raised = done.raised,
+                    resolved = done.resolved,
+                    delivered = done.delivered,
+                    "alerts checked"
+                );
             }
         }
         Maintenance::PurgeProcessedWebhooks => {
@@ -254,7 +268,7 @@ pub async fn run(
             state.clone(),
             "token-refresh",
             TOKEN_REFRESH_EVERY,
-            &[Maintenance::RefreshExpiringTokens],
+            &[Maintenance::RefreshExpiringTokens, Maintenance::CheckAlerts],
         )),
         tokio::spawn(reconcile_loop(state.clone())),
     ];

@@ -1,5 +1,6 @@
 //! The admin UI: server-rendered pages (askama), htmx for small interactions, sessions in cookies.
 
+mod alerts;
 mod api_keys;
 mod audit;
 mod auth;
@@ -9,6 +10,7 @@ mod dashboard;
 mod dlq;
 mod history;
 pub mod mappings;
+mod rules;
 mod static_files;
 mod users;
 
@@ -72,6 +74,14 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/connections/{id}/mappings/{object}/restore",
             post(mappings::restore),
         )
+        .route("/settings/rules", post(rules::create))
+        .route("/settings/rules/{id}/enable", post(rules::enable))
+        .route("/settings/rules/{id}/disable", post(rules::disable))
+        .route("/settings/rules/{id}/delete", post(rules::delete))
+        .route("/settings/alerts", get(alerts::index).post(alerts::create))
+        .route("/settings/alerts/threshold", post(alerts::threshold))
+        .route("/settings/alerts/{id}/test", post(alerts::test))
+        .route("/settings/alerts/{id}/delete", post(alerts::delete))
         .route_layer(middleware::from_fn_with_state(Role::Admin, require_role));
 
     let operators = Router::new()
@@ -82,6 +92,12 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/dlq/{id}/reveal", post(dlq::reveal))
         .route("/dlq/{id}/edit", post(dlq::edit))
         .route("/connections/{id}/resume", post(connections::resume))
+        .route("/connections/{id}/sync-now", post(connections::sync_now))
+        .route("/connections/{id}/resync", post(connections::resync))
+        .route(
+            "/connections/{id}/poll-interval",
+            post(connections::poll_interval),
+        )
         .route_layer(middleware::from_fn_with_state(Role::Operator, require_role));
 
     let members = Router::new()
@@ -90,6 +106,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/logout", post(auth::logout))
         .route("/connections", get(connections::index))
         .route("/connections/{id}", get(connections::show))
+        .route(
+            "/connections/{id}/sync-state",
+            get(connections::sync_state_fragment),
+        )
+        .route("/settings/rules", get(rules::index))
         .route("/connections/{id}/mappings/{object}", get(mappings::edit))
         .route("/history", get(history::index))
         .route("/history/records", get(history::timeline))

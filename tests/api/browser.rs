@@ -202,6 +202,7 @@ async fn a_new_user_signs_up_adds_a_user_creates_a_key_and_reads_the_audit_log()
             "Connections",
             "History",
             "Dead letters",
+            "Rules",
             "Users"
         ]
     );

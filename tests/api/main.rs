@@ -3,12 +3,15 @@
 
 mod helpers;
 
+mod alerts;
 mod api_keys;
 mod auth;
 mod browser;
 mod cli;
+mod connection_detail;
 mod connections;
 mod csrf;
+mod dashboard;
 mod dlq;
 mod health;
 mod history;
@@ -23,4 +26,5 @@ mod readme;
 mod records;
 mod rls;
 mod roles;
+mod rules_page;
 mod sync;

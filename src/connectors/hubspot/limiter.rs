@@ -70,6 +70,21 @@ pub enum LimitError {
     Unavailable(String),
 }
 
+/// An account's budget use at one moment (read-only; see [`Limiter::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Calls in the current general window, and the budget of that window.
+    pub general: u32,
+    pub general_limit: u32,
+    pub general_window: Duration,
+    /// Searches in the current search window, and their budget.
+    pub search: u32,
+    pub search_limit: u32,
+    pub search_window: Duration,
+    /// How long calls stay paused after a 429 (zero when they are not).
+    pub paused_for: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Limiter {
     kv: Kv,
@@ -145,6 +160,43 @@ impl Limiter {
             .await
             .map_err(|e| LimitError::Unavailable(e.to_string()))?;
         Ok(Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0)))
+    }
+
+    /// How much of the account's budget is spent right now, without spending any (for the
+    /// connection page).
+    pub async fn usage(&self, account: &str) -> Result<Usage, LimitError> {
+        let (general_key, blocked_key, general_limit, general_window) =
+            self.keys(account, Bucket::General);
+        let (search_key, _, search_limit, search_window) = self.keys(account, Bucket::Search);
+        let script = redis::Script::new(
+            r"
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            local general = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+            local search = redis.call('ZCOUNT', KEYS[2], now - tonumber(ARGV[2]), '+inf')
+            local blocked = tonumber(redis.call('GET', KEYS[3]) or '0')
+            return {general, search, math.max(0, blocked - now)}
+            ",
+        );
+        let mut conn = self.kv.connection();
+        let (general, search, blocked_ms): (u32, u32, i64) = script
+            .key(self.kv.key(&general_key))
+            .key(self.kv.key(&search_key))
+            .key(self.kv.key(&blocked_key))
+            .arg(u64::try_from(general_window.as_millis()).unwrap_or(10_000))
+            .arg(u64::try_from(search_window.as_millis()).unwrap_or(1_000))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LimitError::Unavailable(e.to_string()))?;
+        Ok(Usage {
+            general,
+            general_limit,
+            general_window,
+            search,
+            search_limit,
+            search_window,
+            paused_for: Duration::from_millis(u64::try_from(blocked_ms).unwrap_or(0)),
+        })
     }
 
     /// HubSpot answered 429: stop this account's calls for the rest of the window, or, for the
