@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod audit;
 pub mod login;
 pub mod password;
+pub mod profile;
 pub mod sessions;
 
 use std::fmt;

@@ -10,6 +10,7 @@ mod dashboard;
 mod dlq;
 mod history;
 pub mod mappings;
+mod profile;
 mod rules;
 mod static_files;
 mod users;
@@ -56,6 +57,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/settings/users", post(users::add))
         .route("/settings/users/{id}/role", post(users::change_role))
         .route("/settings/users/{id}/remove", post(users::remove))
+        .route("/settings/profile", post(profile::update))
         .route(
             "/settings/api-keys",
             get(api_keys::index).post(api_keys::create),
@@ -103,6 +105,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let members = Router::new()
         .route("/", get(dashboard::index))
         .route("/settings/users", get(users::index))
+        .route("/settings/profile", get(profile::index))
         .route("/logout", post(auth::logout))
         .route("/connections", get(connections::index))
         .route("/connections/{id}", get(connections::show))

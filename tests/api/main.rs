@@ -22,6 +22,7 @@ mod journey;
 mod mappings;
 mod oauth;
 mod openapi;
+mod profile;
 mod readme;
 mod records;
 mod rls;
