@@ -71,6 +71,35 @@ pub struct Applied {
     pub written: Vec<Uuid>,
 }
 
+/// Dead-letters a batch's rejected records.
+pub async fn file_rejected(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    kind: Kind,
+    rejected: &[Rejected],
+    run: Option<i64>,
+) -> Result<(), Error> {
+    for rejected in rejected {
+        super::dlq::file(
+            tx,
+            &super::dlq::Letter {
+                connection,
+                object: kind,
+                direction: "inbound",
+                scope: super::dlq::Scope::Record,
+                remote_id: Some(&rejected.remote_id),
+                record_id: rejected.record_id,
+                payload: &rejected.payload,
+                failure: &rejected.failure,
+                attempts: 1,
+                run_id: run,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// The CRM's last-modified time of a record: `updatedAt`, else the last-modified property.
 pub fn updated_at(record: &Record) -> DateTime<Utc> {
     let parse = |text: &str| {

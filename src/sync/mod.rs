@@ -162,6 +162,43 @@ pub async fn client(
     })
 }
 
+/// After a unit of work failed for the `attempts`-th time: what the retry policy decides, with its
+/// side effects done in `tx` — the letter filed when the policy gives up (`None`: keep retrying at
+/// the longest interval without one), the connection marked `needs_reauth` when the CRM refused
+/// its token. Returns the delay before the next attempt and the failure count to store (only
+/// transient failures count towards giving up).
+pub(crate) async fn settle(
+    tx: &mut crate::db::TenantTx,
+    connection: Uuid,
+    failure: &Failure,
+    attempts: i32,
+    letter: Option<dlq::Letter<'_>>,
+) -> Result<(Duration, i32), Error> {
+    use retry::{Class, Verdict};
+    let delay = match retry::verdict(failure, attempts) {
+        Verdict::Retry(delay) => delay,
+        Verdict::DeadLetter => {
+            if let Some(letter) = letter {
+                dlq::file(tx, &letter).await?;
+            }
+            retry::CAP
+        }
+        Verdict::Park => {
+            if failure.class == Class::Auth && failure.status.is_some() {
+                tokens::mark_needs_reauth(tx, connection, "sync", &failure.message).await?;
+            }
+            // Due again at once; the reconciler leaves it alone until the connection is active.
+            Duration::ZERO
+        }
+    };
+    let counted = if failure.class == Class::Transient {
+        attempts
+    } else {
+        0
+    };
+    Ok((delay, counted))
+}
+
 /// Runs one job: the entry point of the sync worker. Everything it logs carries the job.
 pub async fn run(state: &AppState, job: SyncJob) -> Result<(), Error> {
     use tracing::Instrument as _;
@@ -325,18 +362,16 @@ async fn replay_one(
                 force: true,
             };
             let applied = inbound::apply(tx, &ctx, std::slice::from_ref(&record)).await?;
-            let run =
-                runs::start(tx, connection, Some(letter.object), runs::RunKind::Replay).await?;
-            let mut counts = runs::Counts {
-                fetched: 1,
-                ..Default::default()
-            };
-            for item in &applied.items {
-                counts.count(item);
-            }
-            runs::record_items(tx, run, connection, &applied.items).await?;
-            runs::add(tx, run, counts).await?;
-            runs::finish(tx, run, None).await?;
+            let replay = runs::RunKind::Replay;
+            runs::once(
+                tx,
+                connection,
+                Some(letter.object),
+                replay,
+                1,
+                &applied.items,
+            )
+            .await?;
             rules::after_inbound(tx, &applied.items).await?;
             if let Some(rejected) = applied.rejected.into_iter().next() {
                 return Err(rejected.failure);
@@ -358,16 +393,9 @@ async fn replay_one(
             };
             let item =
                 outbound::replay(state, tenant, connection, letter.object, record, edited).await?;
-            let run =
-                runs::start(tx, connection, Some(letter.object), runs::RunKind::Replay).await?;
-            let mut counts = runs::Counts {
-                fetched: 1,
-                ..Default::default()
-            };
-            counts.count(&item);
-            runs::record_items(tx, run, connection, std::slice::from_ref(&item)).await?;
-            runs::add(tx, run, counts).await?;
-            runs::finish(tx, run, None).await?;
+            let replay = runs::RunKind::Replay;
+            let items = std::slice::from_ref(&item);
+            runs::once(tx, connection, Some(letter.object), replay, 1, items).await?;
             Ok(())
         }
         (_, "poll") => {

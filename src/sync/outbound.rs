@@ -17,11 +17,10 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::inbound::{self, link_key};
-use super::retry::{Class, Failure, Verdict, verdict};
-use super::runs::{self, Action, Counts, Item, RunKind};
+use super::retry::{Class, Failure};
+use super::runs::{self, Action, Item, RunKind};
 use super::{CrmClient, dlq, poll};
 use crate::app::AppState;
-use crate::connections::tokens;
 use crate::connectors::hubspot::client::{BatchInput, Record};
 use crate::db::TenantTx;
 use crate::error::Error;
@@ -130,25 +129,16 @@ async fn failed(
     tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "outbound push failed");
     metrics::counter!("ferry_events_failed_total", "source" => "outbound").increment(1);
     let mut tx = state.db.tenant(tenant).await?;
-    let delay = match verdict(&failure, attempts) {
-        Verdict::Retry(delay) => delay,
-        // The batch as a whole kept failing: keep it in line (the outbox is ordered) and try
-        // at the longest interval; the failures show on the connection.
-        Verdict::DeadLetter => super::retry::CAP,
-        Verdict::Park => {
-            if failure.class == Class::Auth && failure.status.is_some() {
-                tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message).await?;
-            }
-            Duration::ZERO
-        }
-    };
+    // A batch that kept failing files no letter: it stays in line (the outbox is ordered) and is
+    // tried at the longest interval; the failures show on the connection.
+    let (delay, counted) = super::settle(&mut tx, connection, &failure, attempts, None).await?;
     sqlx::query!(
         "UPDATE sync_connections SET outbound_failures = $3, last_error = $4, last_error_at = now(),
                 outbound_retry_at = now() + make_interval(secs => $5)
          WHERE tenant_id = $1 AND connection_id = $2",
         tenant.0,
         connection,
-        if failure.class == Class::Transient { attempts } else { 0 },
+        counted,
         failure.message,
         delay.as_secs_f64()
     )
@@ -224,7 +214,7 @@ async fn batch(
         }
     }
     if order.is_empty() {
-        advance(state, tenant, connection, last, None, &[], &[]).await?;
+        advance(state, tenant, connection, last, None, &[]).await?;
         return Ok(rows.len() as i64 == BATCH);
     }
     if client.is_none() {
@@ -251,16 +241,7 @@ async fn batch(
         results.push(push_one(state, tenant, connection, crm, mapping, change).await?);
     }
     let items: Vec<Item> = results.iter().map(|p| p.item.clone()).collect();
-    advance(
-        state,
-        tenant,
-        connection,
-        last,
-        Some(&results),
-        &items,
-        &order,
-    )
-    .await?;
+    advance(state, tenant, connection, last, Some(&results), &items).await?;
     Ok(rows.len() as i64 == BATCH)
 }
 
@@ -277,7 +258,6 @@ async fn advance(
     last: i64,
     results: Option<&[Pushed]>,
     items: &[Item],
-    _order: &[(Kind, Uuid)],
 ) -> Result<(), Failure> {
     let mut tx = state.db.tenant(tenant).await?;
     let run = if items.is_empty() {
@@ -320,13 +300,7 @@ async fn advance(
         }
     }
     if let Some(run) = run {
-        let mut counts = Counts::default();
-        for item in items {
-            counts.count(item);
-        }
-        counts.fetched = items.len() as i32;
-        runs::record_items(&mut tx, run, connection, items).await?;
-        runs::add(&mut tx, run, counts).await?;
+        runs::tally(&mut tx, run, connection, items.len(), items).await?;
         runs::finish(&mut tx, run, None).await?;
     }
     sqlx::query!(

@@ -13,11 +13,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::inbound::{self, Context};
-use super::retry::{Class, Failure, Verdict, verdict};
-use super::runs::{self, Counts, RunKind};
+use super::retry::Failure;
+use super::runs::{self, RunKind};
 use super::{SyncJob, dlq};
 use crate::app::AppState;
-use crate::connections::tokens;
 use crate::connectors::hubspot::client::{Filter, Search};
 use crate::db::TenantTx;
 use crate::error::Error;
@@ -203,37 +202,12 @@ async fn pages(
                 run = Some(id);
             }
             let applied = inbound::apply(&mut tx, &ctx, &page.results).await?;
-            let mut counts = Counts {
-                fetched: page.results.len() as i32,
-                ..Counts::default()
-            };
-            for item in &applied.items {
-                counts.count(item);
-            }
             if let Some(run) = run {
-                runs::record_items(&mut tx, run, connection, &applied.items).await?;
-                runs::add(&mut tx, run, counts).await?;
+                runs::tally(&mut tx, run, connection, page.results.len(), &applied.items).await?;
             }
-            for rejected in &applied.rejected {
-                dlq::file(
-                    &mut tx,
-                    &dlq::Letter {
-                        connection,
-                        object: kind,
-                        direction: "inbound",
-                        scope: dlq::Scope::Record,
-                        remote_id: Some(&rejected.remote_id),
-                        record_id: rejected.record_id,
-                        payload: &rejected.payload,
-                        failure: &rejected.failure,
-                        attempts: 1,
-                        run_id: run,
-                    },
-                )
-                .await?;
-            }
+            inbound::file_rejected(&mut tx, connection, kind, &applied.rejected, run).await?;
             super::rules::after_inbound(&mut tx, &applied.items).await?;
-            let done = advance(&mut tx, connection, kind, &mut cursor, &page, &ctx, run).await?;
+            let done = advance(&mut tx, connection, kind, &mut cursor, &page, run).await?;
             Ok::<bool, Error>(done)
         };
         let done = step.await.map_err(|e| fail(e.into(), run))?;
@@ -285,7 +259,6 @@ async fn advance(
     kind: Kind,
     cursor: &mut Cursor,
     page: &crate::connectors::hubspot::client::SearchPage,
-    ctx: &Context,
     run: Option<i64>,
 ) -> Result<bool, Error> {
     let tenant = tx.tenant_id();
@@ -377,7 +350,6 @@ async fn advance(
         .execute(&mut **tx)
         .await?;
     }
-    let _ = ctx;
     Ok(exhausted)
 }
 
@@ -399,36 +371,22 @@ async fn failed(
     if let Some(run) = run {
         runs::finish(&mut tx, run, Some(&failure.message)).await?;
     }
-    let delay = match verdict(&failure, attempts) {
-        Verdict::Retry(delay) => Some(delay),
-        Verdict::DeadLetter => {
-            dlq::file(
-                &mut tx,
-                &dlq::Letter {
-                    connection,
-                    object: kind,
-                    direction: "inbound",
-                    scope: dlq::Scope::Poll,
-                    remote_id: None,
-                    record_id: None,
-                    payload: &serde_json::json!({}),
-                    failure: &failure,
-                    attempts,
-                    run_id: run,
-                },
-            )
-            .await?;
-            Some(super::retry::CAP)
-        }
-        Verdict::Park => {
-            if failure.class == Class::Auth && failure.status.is_some() {
-                tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message).await?;
-            }
-            // Due again at once; the reconciler leaves it alone until the connection is active.
-            Some(Duration::ZERO)
-        }
+    let payload = serde_json::json!({});
+    let letter = dlq::Letter {
+        connection,
+        object: kind,
+        direction: "inbound",
+        scope: dlq::Scope::Poll,
+        remote_id: None,
+        record_id: None,
+        payload: &payload,
+        failure: &failure,
+        attempts,
+        run_id: run,
     };
-    let secs = delay.unwrap_or_default().as_secs_f64();
+    let (delay, counted) =
+        super::settle(&mut tx, connection, &failure, attempts, Some(letter)).await?;
+    let secs = delay.as_secs_f64();
     sqlx::query!(
         "UPDATE sync_cursors SET failures = $4, last_error = $5, last_error_at = now(),
                 next_poll_at = now() + make_interval(secs => $6)
@@ -436,11 +394,7 @@ async fn failed(
         tenant.0,
         connection,
         kind.as_str(),
-        if failure.class == Class::Transient {
-            attempts
-        } else {
-            0
-        },
+        counted,
         failure.message,
         secs
     )

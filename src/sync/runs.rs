@@ -156,6 +156,40 @@ pub async fn add(tx: &mut TenantTx, run: i64, counts: Counts) -> Result<(), Erro
     Ok(())
 }
 
+/// Records a batch's items in `run` and adds their counts (`fetched`: records read).
+pub async fn tally(
+    tx: &mut TenantTx,
+    run: i64,
+    connection: Uuid,
+    fetched: usize,
+    items: &[Item],
+) -> Result<(), Error> {
+    let mut counts = Counts {
+        fetched: i32::try_from(fetched).unwrap_or(i32::MAX),
+        ..Counts::default()
+    };
+    for item in items {
+        counts.count(item);
+    }
+    record_items(tx, run, connection, items).await?;
+    add(tx, run, counts).await
+}
+
+/// A run of one batch, started and finished at once. Returns its id.
+pub async fn once(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    object: Option<Kind>,
+    kind: RunKind,
+    fetched: usize,
+    items: &[Item],
+) -> Result<i64, Error> {
+    let run = start(tx, connection, object, kind).await?;
+    tally(tx, run, connection, fetched, items).await?;
+    finish(tx, run, None).await?;
+    Ok(run)
+}
+
 /// Ends a run: `succeeded` when nothing failed, `partial` when some items failed, `failed` with
 /// `error` when the run itself could not go on.
 pub async fn finish(tx: &mut TenantTx, run: i64, error: Option<&str>) -> Result<(), Error> {

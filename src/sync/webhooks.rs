@@ -25,11 +25,10 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::inbound::{self, Context, link_key};
-use super::retry::{Class, Failure, Verdict, verdict};
+use super::retry::Failure;
 use super::runs::{self, Counts, RunKind};
 use super::{SyncJob, dlq, poll};
 use crate::app::AppState;
-use crate::connections::tokens;
 use crate::connectors::hubspot::client::Record;
 use crate::db::TenantTx;
 use crate::error::Error;
@@ -501,46 +500,28 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
             let attempts = failures + 1;
             tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "webhook event processing failed");
             metrics::counter!("ferry_events_failed_total", "source" => "webhook").increment(1);
-            let delay = match verdict(&failure, attempts) {
-                Verdict::Retry(delay) => delay,
-                Verdict::DeadLetter => {
-                    dlq::file(
-                        &mut tx,
-                        &dlq::Letter {
-                            connection,
-                            object: Kind::Contact,
-                            direction: "inbound",
-                            scope: dlq::Scope::Events,
-                            remote_id: None,
-                            record_id: None,
-                            payload: &json!({}),
-                            failure: &failure,
-                            attempts,
-                            run_id: None,
-                        },
-                    )
-                    .await?;
-                    super::retry::CAP
-                }
-                Verdict::Park => {
-                    if failure.class == Class::Auth && failure.status.is_some() {
-                        tokens::mark_needs_reauth(&mut tx, connection, "sync", &failure.message)
-                            .await?;
-                    }
-                    Duration::ZERO
-                }
+            let payload = json!({});
+            let letter = dlq::Letter {
+                connection,
+                object: Kind::Contact,
+                direction: "inbound",
+                scope: dlq::Scope::Events,
+                remote_id: None,
+                record_id: None,
+                payload: &payload,
+                failure: &failure,
+                attempts,
+                run_id: None,
             };
+            let (delay, counted) =
+                super::settle(&mut tx, connection, &failure, attempts, Some(letter)).await?;
             sqlx::query!(
                 "UPDATE sync_connections SET inbound_failures = $3, last_error = $4,
                         last_error_at = now(), inbound_retry_at = now() + make_interval(secs => $5)
                  WHERE tenant_id = $1 AND connection_id = $2",
                 tenant.0,
                 connection,
-                if failure.class == Class::Transient {
-                    attempts
-                } else {
-                    0
-                },
+                counted,
                 failure.message,
                 delay.as_secs_f64()
             )
@@ -669,44 +650,26 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
     }
     let mut tx = state.db.tenant(tenant).await?;
     let run = runs::start(&mut tx, connection, None, RunKind::Webhook).await?;
-    let mut counts = Counts::default();
+    let mut moved = 0;
     for (kind, primary, merged) in &merges {
         if let Some(ctx) = contexts.get(kind) {
-            let moved = merge_links(&mut tx, ctx, primary, merged).await?;
-            counts.updated += moved;
+            moved += merge_links(&mut tx, ctx, primary, merged).await?;
         }
     }
+    let merges_counted = Counts {
+        updated: moved,
+        ..Counts::default()
+    };
+    runs::add(&mut tx, run, merges_counted).await?;
     for (kind, records) in &fetched {
         let Some(ctx) = contexts.get(kind) else {
             continue;
         };
         let applied = inbound::apply(&mut tx, ctx, records).await?;
-        counts.fetched += records.len() as i32;
-        for item in &applied.items {
-            counts.count(item);
-        }
-        runs::record_items(&mut tx, run, connection, &applied.items).await?;
-        for rejected in &applied.rejected {
-            dlq::file(
-                &mut tx,
-                &dlq::Letter {
-                    connection,
-                    object: *kind,
-                    direction: "inbound",
-                    scope: dlq::Scope::Record,
-                    remote_id: Some(&rejected.remote_id),
-                    record_id: rejected.record_id,
-                    payload: &rejected.payload,
-                    failure: &rejected.failure,
-                    attempts: 1,
-                    run_id: Some(run),
-                },
-            )
-            .await?;
-        }
+        runs::tally(&mut tx, run, connection, records.len(), &applied.items).await?;
+        inbound::file_rejected(&mut tx, connection, *kind, &applied.rejected, Some(run)).await?;
         super::rules::after_inbound(&mut tx, &applied.items).await?;
     }
-    runs::add(&mut tx, run, counts).await?;
     runs::finish(&mut tx, run, None).await?;
     let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
     sqlx::query!(

@@ -430,6 +430,24 @@ async fn backfill_then_edits_on_either_side_appear_on_the_other() {
     })
     .await;
     assert!(arrived, "the CRM edit did not reach Ferry");
+    // The sync's work shows in the metrics.
+    let metrics = api_client()
+        .get(synced.setup.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for name in [
+        "ferry_events_processed_total",
+        "ferry_event_processing_seconds",
+        "ferry_records_fetched_total",
+        "ferry_webhooks_received_total",
+        "ferry_sync_job_seconds",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
 
     // An edit in Ferry reaches the CRM, and its echo does not come back as a change.
     let key = create_api_key(&synced.owner, "sync test").await;
