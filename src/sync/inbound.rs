@@ -385,12 +385,15 @@ async fn apply_one(
     let mut remote = remote_record(record);
     let echoed = drop_echoes(&mut remote, link.and_then(|l| l.pushed.as_ref()));
 
+    // Not linked yet: the record as it would be created (also where its email comes from).
+    let fresh = linked
+        .is_none()
+        .then(|| apply_inbound(&remote, &ctx.mapping.mapping, None));
     // Dedupe on first sight: a contact with no link joins the local contact with its email.
     let mut target = linked;
     let mut matched = false;
-    if target.is_none() && kind == Kind::Contact {
-        let preview = apply_inbound(&remote, &ctx.mapping.mapping, None);
-        let email = preview
+    if let (Some(fresh), Kind::Contact) = (&fresh, kind) {
+        let email = fresh
             .changes
             .iter()
             .find(|c| c.field.as_str() == "email")
@@ -406,8 +409,8 @@ async fn apply_one(
     }
 
     let Some(id) = target else {
-        // A new record.
-        let mapped = apply_inbound(&remote, &ctx.mapping.mapping, None);
+        // A new record (no link, so `fresh` was computed).
+        let mapped = fresh.unwrap_or_else(|| apply_inbound(&remote, &ctx.mapping.mapping, None));
         let patch = mapped.patch();
         let fields = service::validate(tx, kind, &patch).await?;
         let written = service::create(tx, kind, &fields, &ctx.origin, Some(key)).await?;
