@@ -672,7 +672,7 @@ async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule(
         .await;
     assert_eq!(status, 201, "{created}");
     let remote = created["id"].as_str().expect("id").to_string();
-    let joined = eventually(Duration::from_secs(20), || async {
+    let joined = eventually(Duration::from_secs(60), || async {
         synced.contact_of(&remote).await.is_some()
     })
     .await;
@@ -697,7 +697,7 @@ async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule(
         .await;
     assert_eq!(status, 200, "{body}");
     let survivor = body["id"].as_str().unwrap_or("1").to_string();
-    let merged = eventually(Duration::from_secs(20), || async {
+    let merged = eventually(Duration::from_secs(60), || async {
         let one = synced.contact_of(&survivor).await;
         let two = synced.contact_of("2").await;
         matches!((one, two), (Some(a), Some(b)) if a.0 == b.0 && !a.3)
@@ -721,7 +721,7 @@ async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule(
     .fetch_one(synced.pool())
     .await
     .expect("deal link");
-    let task_made = eventually(Duration::from_secs(20), || async {
+    let task_made = eventually(Duration::from_secs(60), || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM tasks WHERE tenant_id = $1 AND linked_id = $2",
         )
@@ -735,7 +735,7 @@ async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule(
     .await;
     assert!(task_made, "no task: {:?}", synced.letters().await);
     // The task goes out to the CRM, associated with the deal.
-    let task_remote = eventually(Duration::from_secs(20), || async {
+    let task_remote = eventually(Duration::from_secs(60), || async {
         sqlx::query_scalar::<_, String>(
             "SELECT l.key FROM external_links l JOIN tasks t ON t.id = l.record_id
              WHERE t.tenant_id = $1 AND t.linked_id = $2",
