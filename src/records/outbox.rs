@@ -52,3 +52,39 @@ pub async fn write(tx: &mut TenantTx, change: Change<'_>) -> Result<(), Error> {
     .await?;
     Ok(())
 }
+
+/// Writes many changes in one statement, in order (a sync's page of new records).
+pub async fn write_all(tx: &mut TenantTx, changes: &[Change<'_>]) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant_id();
+    let kinds: Vec<&str> = changes.iter().map(|c| c.kind.as_str()).collect();
+    let records: Vec<Uuid> = changes.iter().map(|c| c.record).collect();
+    let operations: Vec<&str> = changes.iter().map(|c| c.operation.as_str()).collect();
+    let versions: Vec<i64> = changes.iter().map(|c| c.version).collect();
+    // Arrays of different lengths do not fit a two-dimensional array: each goes as JSON.
+    let fields: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|c| serde_json::Value::from(c.changed_fields.to_vec()))
+        .collect();
+    let origins: Vec<&str> = changes.iter().map(|c| c.origin).collect();
+    sqlx::query!(
+        "INSERT INTO outbox (tenant_id, record_kind, record_id, operation, version, changed_fields, origin)
+         SELECT $1, u.kind, u.record, u.operation, u.version,
+                ARRAY(SELECT jsonb_array_elements_text(u.fields)), u.origin
+         FROM unnest($2::text[], $3::uuid[], $4::text[], $5::bigint[], $6::jsonb[], $7::text[])
+              WITH ORDINALITY AS u(kind, record, operation, version, fields, origin, n)
+         ORDER BY u.n",
+        tenant.0,
+        &kinds as &[&str],
+        &records,
+        &operations as &[&str],
+        &versions,
+        &fields,
+        &origins as &[&str]
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}

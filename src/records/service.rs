@@ -211,6 +211,42 @@ pub async fn create_with_id(
     })
 }
 
+/// Creates many records of one kind with ids chosen by the caller, each as [`create_with_id`]
+/// would (version 1, an outbox row naming its fields), in a few statements: contacts in one
+/// insert, and the outbox rows of all in one.
+pub async fn create_many(
+    tx: &mut TenantTx,
+    kind: Kind,
+    rows: &[(Uuid, &Fields)],
+    origin: &str,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    match kind {
+        Kind::Contact => store::insert_contacts(tx, rows, origin).await?,
+        Kind::Deal | Kind::Task => {
+            for (id, fields) in rows {
+                store::insert(tx, kind, *id, fields, origin).await?;
+            }
+        }
+    }
+    let changed: Vec<Vec<String>> = rows.iter().map(|(_, f)| f.present(kind)).collect();
+    let changes: Vec<Change<'_>> = rows
+        .iter()
+        .zip(&changed)
+        .map(|((id, _), fields)| Change {
+            kind,
+            record: *id,
+            operation: Operation::Create,
+            version: 1,
+            changed_fields: fields,
+            origin,
+        })
+        .collect();
+    outbox::write_all(tx, &changes).await
+}
+
 /// Writes `fields` over a locked record when anything differs (a no-op write keeps the version).
 pub async fn write_update(
     tx: &mut TenantTx,

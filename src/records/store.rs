@@ -404,6 +404,49 @@ pub async fn insert(
     })
 }
 
+/// Inserts new contacts at version 1 in one statement (a page of a sync's new records).
+pub async fn insert_contacts(
+    tx: &mut TenantTx,
+    rows: &[(Uuid, &Fields)],
+    source: &str,
+) -> Result<(), Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let tenant = tx.tenant_id().0;
+    let column = |name: &str| -> Vec<Option<String>> {
+        rows.iter().map(|(_, fields)| fields.text(name)).collect()
+    };
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let custom: Vec<Json> = rows.iter().map(|(_, f)| f.object("custom")).collect();
+    let metadata: Vec<Json> = rows.iter().map(|(_, f)| f.object("metadata")).collect();
+    sqlx::query!(
+        "INSERT INTO contacts (id, tenant_id, email, first_name, last_name, phone, company,
+                               job_title, owner_id, custom, metadata, source)
+         SELECT u.id, $1, u.email, u.first_name, u.last_name, u.phone, u.company, u.job_title,
+                u.owner_id, u.custom, u.metadata, $2
+         FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                     $9::text[], $10::text[], $11::jsonb[], $12::jsonb[])
+              AS u(id, email, first_name, last_name, phone, company, job_title, owner_id, custom,
+                   metadata)",
+        tenant,
+        source,
+        &ids,
+        &column("email") as &[Option<String>],
+        &column("first_name") as &[Option<String>],
+        &column("last_name") as &[Option<String>],
+        &column("phone") as &[Option<String>],
+        &column("company") as &[Option<String>],
+        &column("job_title") as &[Option<String>],
+        &column("owner_id") as &[Option<String>],
+        &custom,
+        &metadata
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Overwrites every writable field, bumps the version, and returns the new version. The caller
 /// holds the row lock (see [`lock`]).
 pub async fn update(

@@ -8,7 +8,7 @@
 //! first time by normalised email; map it with the connection's mapping and write the changes.
 //! Rule errors dead-letter the record (its other fields still sync); nothing panics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json, json};
@@ -20,7 +20,8 @@ use crate::connectors::hubspot::client::Record;
 use crate::db::TenantTx;
 use crate::error::Error;
 use crate::mapping::versions::Current;
-use crate::mapping::{LocalRecord, RemoteRecord, apply_inbound};
+use crate::mapping::{Inbound, LocalRecord, RemoteRecord, apply_inbound};
+use crate::records::fields::Fields;
 use crate::records::{Kind, links, service, store};
 
 /// What the records of one batch are applied with.
@@ -192,9 +193,16 @@ struct Link {
 
 async fn links_of(tx: &mut TenantTx, keys: &[String]) -> Result<HashMap<String, Link>, Error> {
     let tenant = tx.tenant_id();
+    // One index probe per key, whatever the statistics say: with `key = ANY($2)` a planner that
+    // believes the tenant has few links (a new tenant, or statistics older than its backfill)
+    // scans all of them, for every page.
     let rows = sqlx::query!(
-        "SELECT key, record_kind, record_id, remote_updated_at, pushed FROM external_links
-         WHERE tenant_id = $1 AND key = ANY($2)",
+        "SELECT l.key AS \"key!\", l.record_kind AS \"record_kind!\",
+                l.record_id AS \"record_id!\", l.remote_updated_at, l.pushed
+         FROM unnest($2::text[]) AS k(key),
+              LATERAL (SELECT e.key, e.record_kind, e.record_id, e.remote_updated_at, e.pushed
+                       FROM external_links e WHERE e.tenant_id = $1 AND e.key = k.key
+                       LIMIT 1) AS l",
         tenant.0,
         keys
     )
@@ -218,6 +226,13 @@ async fn links_of(tx: &mut TenantTx, keys: &[String]) -> Result<HashMap<String, 
 
 /// Applies a batch of CRM records of one kind. Database errors abort (the caller retries the
 /// batch); a record's own problems (mapping, validation) are returned as rejected.
+///
+/// Records seen for the first time (no link, and for contacts no local contact with their
+/// email) are the bulk of a backfill: they are mapped and validated one by one, in order, but
+/// written together (links, records and outbox rows, a statement each) instead of four round
+/// trips each. The outcome is the one the record-by-record path gives: a record that could
+/// observe a pending creation (the same key twice, or an email that a record before it in the
+/// batch created or changed) first flushes the pending ones and then takes that path.
 pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Result<Applied, Error> {
     let mut out = Applied::default();
     if records.is_empty() {
@@ -228,10 +243,34 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
     let lock_names: Vec<String> = keys.iter().map(|k| format!("link:{tenant}:{k}")).collect();
     crate::db::advisory_lock_all(tx, &lock_names).await?;
     let mut links = links_of(tx, &keys).await?;
+    // First sight: map once; for contacts, look their emails up together.
+    let mut firsts: Vec<Option<FirstSight>> = records
+        .iter()
+        .zip(&keys)
+        .map(|(record, key)| {
+            (!record.archived && !links.contains_key(key)).then(|| first_sight(ctx, record))
+        })
+        .collect();
+    let known_emails = if ctx.kind == Kind::Contact {
+        let emails: Vec<String> = firsts
+            .iter()
+            .flatten()
+            .filter_map(|f| f.email.clone())
+            .collect();
+        emails_in_use(tx, &emails).await?
+    } else {
+        HashSet::new()
+    };
+    // Emails that records of this batch created or changed (the lookup above predates them).
+    let mut new_emails: HashSet<String> = HashSet::new();
+    let mut pending: Vec<NewRecord> = Vec::new();
+    // A key seen twice in one batch takes the record-by-record path the second time.
+    let mut seen_keys: HashSet<&str> = HashSet::new();
     let mut touched_keys = Vec::new();
     let mut touched_at = Vec::new();
-    for (record, key) in records.iter().zip(&keys) {
+    for (index, (record, key)) in records.iter().zip(&keys).enumerate() {
         let started = std::time::Instant::now();
+        let repeated = !seen_keys.insert(key);
         let link = links.remove(key);
         let remote_at = updated_at(record);
         let mut item = Item {
@@ -251,16 +290,15 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             && link.record_kind != ctx.kind.as_str()
         {
             item.action = Action::Failed;
-            item.outcome = "dead_lettered";
-            item.error_class = Some("permanent");
             let message = format!("{key} is linked to a {}", link.record_kind);
-            item.error = Some(message.clone());
-            out.rejected.push(Rejected {
-                remote_id: record.id.clone(),
-                record_id: Some(link.record_id),
-                failure: Failure::permanent(message),
-                payload: payload(record),
-            });
+            let failure = Failure::permanent(message);
+            dead_letter(
+                &mut out.rejected,
+                &mut item,
+                record,
+                Some(link.record_id),
+                failure,
+            );
             out.items.push(item);
             continue;
         }
@@ -273,11 +311,59 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             out.items.push(item);
             continue;
         }
+        if link.is_none()
+            && let Some(first) = firsts[index].take()
+        {
+            let collides = repeated || first.email.as_ref().is_some_and(|e| new_emails.contains(e));
+            let matches = first
+                .email
+                .as_ref()
+                .is_some_and(|e| known_emails.contains(e));
+            if !collides && !matches {
+                // A new record: validated now, written with the others.
+                let patch = first.mapped.patch();
+                match service::validate(tx, ctx.kind, &patch).await {
+                    Ok(fields) => {
+                        if let Some(email) = first.email {
+                            new_emails.insert(email);
+                        }
+                        item.action = Action::Created;
+                        item.record_id = Some(Uuid::now_v7());
+                        item.changes = Some(changes_json(&first.mapped.changes));
+                        pending.push(NewRecord {
+                            item: out.items.len(),
+                            record: index,
+                            key: key.clone(),
+                            fields,
+                            remote_at,
+                            field_errors: field_errors(&first.mapped.errors),
+                            took: started.elapsed(),
+                        });
+                    }
+                    Err(err) => match RecordError::from(err) {
+                        RecordError::Rejected(failure) => {
+                            item.action = Action::Failed;
+                            item.latency_ms = Some(millis(started.elapsed()));
+                            dead_letter(&mut out.rejected, &mut item, record, None, failure);
+                        }
+                        RecordError::Db(err) => return Err(err),
+                    },
+                }
+                out.items.push(item);
+                continue;
+            }
+            if collides {
+                create_pending(tx, ctx, records, &mut pending, &mut out).await?;
+            }
+        }
         match apply_one(tx, ctx, record, key, link.as_ref()).await {
             Ok(done) => {
                 item.action = done.action;
                 item.record_id = done.record_id;
                 item.changes = done.changes;
+                if let Some(email) = done.email {
+                    new_emails.insert(email);
+                }
                 if let Some(id) = done.record_id
                     && matches!(
                         done.action,
@@ -287,15 +373,13 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
                     out.written.push(id);
                 }
                 if let Some(failure) = done.field_errors {
-                    item.outcome = "dead_lettered";
-                    item.error_class = Some("permanent");
-                    item.error = Some(failure.message.clone());
-                    out.rejected.push(Rejected {
-                        remote_id: record.id.clone(),
-                        record_id: done.record_id,
+                    dead_letter(
+                        &mut out.rejected,
+                        &mut item,
+                        record,
+                        done.record_id,
                         failure,
-                        payload: payload(record),
-                    });
+                    );
                 }
                 if done.record_id.is_some() {
                     touched_keys.push(key.clone());
@@ -304,27 +388,28 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             }
             Err(RecordError::Rejected(failure)) => {
                 item.action = Action::Failed;
-                item.outcome = "dead_lettered";
-                item.error_class = Some("permanent");
-                item.error = Some(failure.message.clone());
-                out.rejected.push(Rejected {
-                    remote_id: record.id.clone(),
-                    record_id: link.as_ref().map(|l| l.record_id),
-                    failure,
-                    payload: payload(record),
-                });
+                let linked = link.as_ref().map(|l| l.record_id);
+                dead_letter(&mut out.rejected, &mut item, record, linked, failure);
             }
             Err(RecordError::Db(err)) => return Err(err),
         }
-        item.latency_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
+        item.latency_ms = Some(millis(started.elapsed()));
         out.items.push(item);
     }
+    create_pending(tx, ctx, records, &mut pending, &mut out).await?;
     if !touched_keys.is_empty() {
+        // Each link found by its key (one index probe, see `links_of`) and updated by row id:
+        // joined on the key, a planner with stale statistics hashes every link of the tenant.
+        // (Should another transaction update a link between the probe and the update, that
+        // link keeps its old time: the record is then applied once more, which is harmless.)
         sqlx::query!(
             "UPDATE external_links e
-             SET connection_id = $2, remote_updated_at = GREATEST(e.remote_updated_at, u.at)
-             FROM unnest($3::text[], $4::timestamptz[]) AS u(key, at)
-             WHERE e.tenant_id = $1 AND e.key = u.key",
+             SET connection_id = $2, remote_updated_at = GREATEST(e.remote_updated_at, t.at)
+             FROM (SELECT l.row_id, u.at
+                   FROM unnest($3::text[], $4::timestamptz[]) AS u(key, at),
+                        LATERAL (SELECT x.ctid AS row_id FROM external_links x
+                                 WHERE x.tenant_id = $1 AND x.key = u.key LIMIT 1) AS l) AS t
+             WHERE e.ctid = t.row_id AND e.tenant_id = $1",
             tenant.0,
             ctx.connection,
             &touched_keys,
@@ -336,12 +421,171 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
     Ok(out)
 }
 
+fn millis(took: std::time::Duration) -> i32 {
+    took.as_millis().min(i32::MAX as u128) as i32
+}
+
+/// A record without a link, mapped as a new record.
+struct FirstSight {
+    mapped: Inbound,
+    /// A contact's normalised email (the dedupe key).
+    email: Option<String>,
+}
+
+fn first_sight(ctx: &Context, record: &Record) -> FirstSight {
+    let mapped = apply_inbound(&remote_record(record), &ctx.mapping.mapping, None);
+    let email = contact_email(ctx.kind, &mapped.changes);
+    FirstSight { mapped, email }
+}
+
+fn contact_email(kind: Kind, changes: &[crate::mapping::FieldChange]) -> Option<String> {
+    (kind == Kind::Contact)
+        .then(|| new_email(changes))
+        .flatten()
+}
+
+/// The normalised email a set of changes gives a contact, if it sets one.
+fn new_email(changes: &[crate::mapping::FieldChange]) -> Option<String> {
+    changes
+        .iter()
+        .find(|c| c.field.as_str() == "email")
+        .and_then(|c| c.value.as_str())
+        .map(crate::tenancy::normalize_email)
+}
+
+/// Which of these emails live local contacts already have.
+async fn emails_in_use(tx: &mut TenantTx, emails: &[String]) -> Result<HashSet<String>, Error> {
+    if emails.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let tenant = tx.tenant_id();
+    // One index probe per email (see `links_of`).
+    let found = sqlx::query_scalar!(
+        "SELECT f.email AS \"email!\"
+         FROM unnest($2::text[]) AS k(email),
+              LATERAL (SELECT c.email FROM contacts c
+                       WHERE c.tenant_id = $1 AND c.email = k.email AND c.deleted_at IS NULL
+                       LIMIT 1) AS f",
+        tenant.0,
+        emails
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
+/// A new record waiting to be written with the others of its batch.
+struct NewRecord {
+    /// Its place in `Applied::items` (which holds its id).
+    item: usize,
+    /// Its place in the batch's records.
+    record: usize,
+    key: String,
+    fields: Fields,
+    remote_at: DateTime<Utc>,
+    field_errors: Option<Failure>,
+    /// Mapping and validation time.
+    took: std::time::Duration,
+}
+
+/// Writes the pending new records: their links first (owned by the connection, with the CRM's
+/// modification time), then the records and their outbox rows. A key that another record
+/// already holds is reported as `links::attach` would, and its record is not created.
+async fn create_pending(
+    tx: &mut TenantTx,
+    ctx: &Context,
+    records: &[Record],
+    pending: &mut Vec<NewRecord>,
+    out: &mut Applied,
+) -> Result<(), Error> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let rows = std::mem::take(pending);
+    let tenant = tx.tenant_id();
+    let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+    let ids: Vec<Uuid> = rows
+        .iter()
+        .map(|r| out.items[r.item].record_id.unwrap_or_default())
+        .collect();
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.remote_at).collect();
+    let linked: HashSet<String> = sqlx::query_scalar!(
+        "INSERT INTO external_links (tenant_id, key, record_kind, record_id, connection_id,
+                                     remote_updated_at)
+         SELECT $1, u.key, $2, u.record_id, $3, u.at
+         FROM unnest($4::text[], $5::uuid[], $6::timestamptz[]) AS u(key, record_id, at)
+         ON CONFLICT (tenant_id, key) DO NOTHING
+         RETURNING key",
+        tenant.0,
+        ctx.kind.as_str(),
+        ctx.connection,
+        &keys as &[&str],
+        &ids,
+        &times
+    )
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .collect();
+    let creates: Vec<(Uuid, &Fields)> = rows
+        .iter()
+        .zip(&ids)
+        .filter(|(row, _)| linked.contains(&row.key))
+        .map(|(row, id)| (*id, &row.fields))
+        .collect();
+    service::create_many(tx, ctx.kind, &creates, &ctx.origin).await?;
+    let share = started.elapsed() / rows.len().max(1) as u32;
+    for (row, id) in rows.into_iter().zip(ids) {
+        let record = &records[row.record];
+        let item = &mut out.items[row.item];
+        item.latency_ms = Some(millis(row.took + share));
+        if !linked.contains(&row.key) {
+            let failure = Failure::from(Error::Conflict(format!(
+                "external_id {} already belongs to another record",
+                row.key
+            )));
+            item.action = Action::Failed;
+            item.record_id = None;
+            item.changes = None;
+            dead_letter(&mut out.rejected, item, record, None, failure);
+            continue;
+        }
+        out.written.push(id);
+        if let Some(failure) = row.field_errors {
+            dead_letter(&mut out.rejected, item, record, Some(id), failure);
+        }
+    }
+    Ok(())
+}
+
+/// Marks a history item dead-lettered and files the record for the DLQ.
+fn dead_letter(
+    rejected: &mut Vec<Rejected>,
+    item: &mut Item,
+    record: &Record,
+    record_id: Option<Uuid>,
+    failure: Failure,
+) {
+    item.outcome = "dead_lettered";
+    item.error_class = Some("permanent");
+    item.error = Some(failure.message.clone());
+    rejected.push(Rejected {
+        remote_id: record.id.clone(),
+        record_id,
+        failure,
+        payload: payload(record),
+    });
+}
+
 struct Done {
     action: Action,
     record_id: Option<Uuid>,
     changes: Option<Json>,
     /// Rules that failed on this record (the rest applied).
     field_errors: Option<Failure>,
+    /// The normalised email the write gave a contact, if it set one.
+    email: Option<String>,
 }
 
 enum RecordError {
@@ -379,6 +623,7 @@ async fn apply_one(
                 record_id: None,
                 changes: None,
                 field_errors: None,
+                email: None,
             }),
         };
     }
@@ -392,20 +637,14 @@ async fn apply_one(
     // Dedupe on first sight: a contact with no link joins the local contact with its email.
     let mut target = linked;
     let mut matched = false;
-    if let (Some(fresh), Kind::Contact) = (&fresh, kind) {
-        let email = fresh
-            .changes
-            .iter()
-            .find(|c| c.field.as_str() == "email")
-            .and_then(|c| c.value.as_str())
-            .map(crate::tenancy::normalize_email);
-        if let Some(email) = email {
-            target = store::contacts_by_email(tx, &email)
-                .await?
-                .into_iter()
-                .next();
-            matched = target.is_some();
-        }
+    if let Some(fresh) = &fresh
+        && let Some(email) = contact_email(kind, &fresh.changes)
+    {
+        target = store::contacts_by_email(tx, &email)
+            .await?
+            .into_iter()
+            .next();
+        matched = target.is_some();
     }
 
     let Some(id) = target else {
@@ -419,6 +658,7 @@ async fn apply_one(
             record_id: Some(written.record.id),
             changes: Some(changes_json(&mapped.changes)),
             field_errors: field_errors(&mapped.errors),
+            email: contact_email(kind, &mapped.changes),
         });
     };
 
@@ -431,6 +671,7 @@ async fn apply_one(
             record_id: Some(id),
             changes: None,
             field_errors: None,
+            email: None,
         });
     }
     let current = store::fetch(tx, kind, id).await?.ok_or(Error::NotFound)?;
@@ -464,6 +705,7 @@ async fn apply_one(
         record_id: Some(id),
         changes: (!mapped.changes.is_empty()).then(|| changes_json(&mapped.changes)),
         field_errors: field_errors(&mapped.errors),
+        email: contact_email(kind, &mapped.changes),
     })
 }
 
@@ -514,6 +756,7 @@ async fn delete_local(tx: &mut TenantTx, ctx: &Context, id: Uuid) -> Result<Done
         record_id: Some(id),
         changes: None,
         field_errors: None,
+        email: None,
     })
 }
 

@@ -1472,3 +1472,175 @@ async fn one_tenants_backfill_does_not_starve_another_tenant() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), worker).await;
 }
+
+/// New CRM records of one page are written together; the outcome must be the one applying them
+/// one at a time gives: a contact whose email Ferry has joins that contact, a second CRM contact
+/// with the email of one created earlier in the page joins it, a record given twice is one
+/// record, one whose email the mapping refuses is created without it and dead-lettered, and the
+/// rest are created, each with its link and its outbox row.
+#[tokio::test]
+async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
+    use ferry::connectors::hubspot::client::Record;
+    use ferry::records::Kind;
+    use ferry::sync::inbound;
+    use ferry::sync::runs::Action;
+
+    let synced = Synced::start_idle(0, 0, 0).await;
+    let key = create_api_key(&synced.owner, "local").await;
+    let created = api_client()
+        .post(synced.owner.url("/v1/contacts"))
+        .bearer_auth(&key)
+        .json(&json!({"email": "known@ferry.test", "first_name": "Known"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let known: Uuid = created.json::<Json>().await.expect("json")["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("id");
+
+    let record = |id: &str, email: &str, first: &str| Record {
+        id: id.to_string(),
+        properties: BTreeMap::from([
+            ("email".to_string(), Some(email.to_string())),
+            ("firstname".to_string(), Some(first.to_string())),
+            (
+                "lastmodifieddate".to_string(),
+                Some("2024-03-01T10:00:00.000Z".to_string()),
+            ),
+        ]),
+        created_at: Some("2024-03-01T10:00:00.000Z".to_string()),
+        updated_at: Some("2024-03-01T10:00:00.000Z".to_string()),
+        archived: false,
+    };
+    let records = vec![
+        record("901", "new-one@ferry.test", "One"),
+        record("902", "KNOWN@ferry.test", "Known Again"),
+        record("903", "twin@ferry.test", "Twin"),
+        record("904", " Twin@Ferry.test", "Twin Too"),
+        record("905", "new-two@ferry.test", "Two"),
+        record("905", "new-two@ferry.test", "Two"),
+        record("906", "not an email", "Broken"),
+        record("907", "", "No Email"),
+    ];
+    let mut tx = synced
+        .setup
+        .app
+        .state
+        .db
+        .tenant(synced.tenant)
+        .await
+        .expect("tx");
+    let mapping =
+        ferry::mapping::versions::current(&mut tx, synced.connection, "hubspot", Kind::Contact)
+            .await
+            .expect("mapping");
+    let ctx = inbound::Context {
+        connection: synced.connection,
+        kind: Kind::Contact,
+        family: "hubspot".into(),
+        mapping,
+        origin: inbound::origin(synced.connection),
+        force: true,
+    };
+    let applied = inbound::apply(&mut tx, &ctx, &records)
+        .await
+        .expect("apply");
+    tx.commit().await.expect("commit");
+
+    let outcomes: Vec<(Option<&str>, Action, &str)> = applied
+        .items
+        .iter()
+        .map(|i| (i.remote_id.as_deref(), i.action, i.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (Some("901"), Action::Created, "ok"),
+            (Some("902"), Action::Linked, "ok"),
+            (Some("903"), Action::Created, "ok"),
+            (Some("904"), Action::Linked, "ok"),
+            (Some("905"), Action::Created, "ok"),
+            (Some("905"), Action::Linked, "ok"),
+            (Some("906"), Action::Created, "dead_lettered"),
+            (Some("907"), Action::Created, "ok"),
+        ]
+    );
+    assert_eq!(applied.rejected.len(), 1, "{:?}", applied.rejected);
+    assert_eq!(applied.rejected[0].remote_id, "906");
+
+    let record_of = |remote: &str| {
+        applied
+            .items
+            .iter()
+            .find(|i| i.remote_id.as_deref() == Some(remote))
+            .and_then(|i| i.record_id)
+    };
+    assert_eq!(record_of("902"), Some(known));
+    assert_eq!(applied.rejected[0].record_id, record_of("906"));
+    assert_eq!(record_of("904"), record_of("903"));
+    assert_eq!(applied.items[4].record_id, applied.items[5].record_id);
+    for remote in ["901", "902", "903", "904", "905", "906", "907"] {
+        let (linked, ..) = synced.contact_of(remote).await.expect("linked");
+        assert_eq!(Some(linked), record_of(remote), "link of {remote}");
+    }
+    assert_eq!(synced.local_count("contacts").await, 6);
+    // The link remembers the CRM's modification time and belongs to the connection.
+    let owned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM external_links WHERE tenant_id = $1 AND connection_id = $2
+           AND remote_updated_at = '2024-03-01T10:00:00Z'",
+    )
+    .bind(synced.tenant.0)
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("links");
+    assert_eq!(owned, 7);
+    // One outbox row per record created, naming its fields, marked as the connection's own.
+    let creates: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
+        "SELECT record_id, changed_fields FROM outbox
+         WHERE tenant_id = $1 AND operation = 'create' AND origin = $2 ORDER BY id",
+    )
+    .bind(synced.tenant.0)
+    .bind(inbound::origin(synced.connection))
+    .fetch_all(synced.pool())
+    .await
+    .expect("outbox");
+    let expected: Vec<Option<Uuid>> = ["901", "903", "905", "906", "907"]
+        .iter()
+        .map(|r| record_of(r))
+        .collect();
+    assert_eq!(
+        creates.iter().map(|(id, _)| Some(*id)).collect::<Vec<_>>(),
+        expected
+    );
+    assert_eq!(
+        creates[0].1,
+        vec!["email".to_string(), "first_name".to_string()]
+    );
+    assert_eq!(creates[4].1, vec!["first_name".to_string()]);
+
+    // Applying the same page again changes nothing and creates nothing.
+    let mut tx = synced
+        .setup
+        .app
+        .state
+        .db
+        .tenant(synced.tenant)
+        .await
+        .expect("tx");
+    let again = inbound::apply(&mut tx, &ctx, &records[..5])
+        .await
+        .expect("apply again");
+    tx.commit().await.expect("commit");
+    assert!(
+        again
+            .items
+            .iter()
+            .all(|i| matches!(i.action, Action::Unchanged)),
+        "{:?}",
+        again.items.iter().map(|i| i.action).collect::<Vec<_>>()
+    );
+    assert_eq!(synced.local_count("contacts").await, 6);
+}
