@@ -15,7 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{Moment, NO_UPPER};
+use super::NO_UPPER;
 use crate::db::{Db, TenantTx};
 use crate::error::Error;
 use crate::tenancy::TenantId;
@@ -155,11 +155,11 @@ pub struct Letter {
     pub error_class: String,
     pub error: String,
     pub attempts: i32,
-    pub first_failed_at: Moment,
-    pub last_failed_at: Moment,
+    pub first_failed_at: DateTime<Utc>,
+    pub last_failed_at: DateTime<Utc>,
     pub status: String,
     pub acted_by: Option<String>,
-    pub acted_at: Option<Moment>,
+    pub acted_at: Option<DateTime<Utc>>,
     pub edited: bool,
 }
 
@@ -231,11 +231,11 @@ pub async fn list(
             error_class: r.error_class,
             error: r.error,
             attempts: r.attempts,
-            first_failed_at: Moment(r.first_failed_at),
-            last_failed_at: Moment(r.last_failed_at),
+            first_failed_at: r.first_failed_at,
+            last_failed_at: r.last_failed_at,
             status: r.status,
             acted_by: r.acted_by,
-            acted_at: r.acted_at.map(Moment),
+            acted_at: r.acted_at,
             edited: r.edited,
         })
         .collect();
@@ -251,7 +251,7 @@ pub struct Detail {
     pub payload: Value,
     pub edited_payload: Option<Value>,
     pub edited_by: Option<String>,
-    pub edited_at: Option<Moment>,
+    pub edited_at: Option<DateTime<Utc>>,
 }
 
 impl Detail {
@@ -269,7 +269,7 @@ impl Detail {
 /// One failed attempt.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    pub at: Moment,
+    pub at: DateTime<Utc>,
     pub error_class: String,
     pub error: String,
     pub status: Option<i32>,
@@ -305,11 +305,11 @@ pub async fn find(tx: &mut TenantTx, id: i64) -> Result<Detail, Error> {
             error_class: r.error_class,
             error: r.error,
             attempts: r.attempts,
-            first_failed_at: Moment(r.first_failed_at),
-            last_failed_at: Moment(r.last_failed_at),
+            first_failed_at: r.first_failed_at,
+            last_failed_at: r.last_failed_at,
             status: r.status,
             acted_by: r.acted_by,
-            acted_at: r.acted_at.map(Moment),
+            acted_at: r.acted_at,
             edited: r.edited_at.is_some(),
         },
         work_key: r.work_key,
@@ -317,7 +317,7 @@ pub async fn find(tx: &mut TenantTx, id: i64) -> Result<Detail, Error> {
         payload: r.payload,
         edited_payload: r.edited_payload,
         edited_by: r.edited_by,
-        edited_at: r.edited_at.map(Moment),
+        edited_at: r.edited_at,
     })
 }
 
@@ -335,7 +335,7 @@ pub async fn attempts(tx: &mut TenantTx, id: i64) -> Result<Vec<Attempt>, Error>
     Ok(rows
         .into_iter()
         .map(|r| Attempt {
-            at: Moment(r.at),
+            at: r.at,
             error_class: r.error_class,
             error: r.error,
             status: r.status,
@@ -713,7 +713,7 @@ mod tests {
     use super::*;
 
     fn letter(direction: &str, payload: Value) -> Detail {
-        let now = Moment(Utc::now());
+        let now = Utc::now();
         Detail {
             letter: Letter {
                 id: 1,

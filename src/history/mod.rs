@@ -36,43 +36,6 @@ pub const RUN_KINDS: [&str; 6] = [
 ];
 pub const RUN_OUTCOMES: [&str; 4] = ["running", "succeeded", "partial", "failed"];
 
-/// A point in time as the pages show it: absolute (UTC) with a relative hint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Moment(pub DateTime<Utc>);
-
-impl Moment {
-    /// For `<time datetime>`.
-    pub fn iso(&self) -> String {
-        self.0.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-    }
-
-    pub fn absolute(&self) -> String {
-        self.0.format("%Y-%m-%d %H:%M:%S UTC").to_string()
-    }
-
-    /// "just now", "5 min ago", "3 h ago", "2 days ago" (or "in …" for the future).
-    pub fn ago(&self) -> String {
-        relative(self.0, Utc::now())
-    }
-}
-
-fn relative(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
-    let seconds = (now - at).num_seconds();
-    let (future, seconds) = (seconds < 0, seconds.unsigned_abs());
-    let text = match seconds {
-        0..45 => return "just now".into(),
-        45..3_600 => format!("{} min", seconds.div_ceil(60).max(1)),
-        3_600..86_400 => format!("{} h", seconds / 3_600),
-        86_400..172_800 => "1 day".into(),
-        _ => format!("{} days", seconds / 86_400),
-    };
-    if future {
-        format!("in {text}")
-    } else {
-        format!("{text} ago")
-    }
-}
-
 /// Filters of `/history`.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -96,8 +59,8 @@ pub struct Run {
     pub object: Option<String>,
     pub kind: String,
     pub outcome: String,
-    pub started_at: Moment,
-    pub finished_at: Option<Moment>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
     pub fetched: i32,
     pub created: i32,
     pub updated: i32,
@@ -111,7 +74,7 @@ impl Run {
     /// "1.2 s", "3 min 4 s", or None while running.
     pub fn duration(&self) -> Option<String> {
         let finished = self.finished_at?;
-        let ms = (finished.0 - self.started_at.0).num_milliseconds().max(0);
+        let ms = (finished - self.started_at).num_milliseconds().max(0);
         Some(if ms < 1_000 {
             format!("{ms} ms")
         } else if ms < 60_000 {
@@ -165,8 +128,8 @@ pub async fn list_runs(
             object: r.object,
             kind: r.kind,
             outcome: r.outcome,
-            started_at: Moment(r.started_at),
-            finished_at: r.finished_at.map(Moment),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
             fetched: r.fetched,
             created: r.created,
             updated: r.updated,
@@ -198,8 +161,8 @@ pub async fn find_run(tx: &mut TenantTx, id: i64) -> Result<Run, Error> {
         object: r.object,
         kind: r.kind,
         outcome: r.outcome,
-        started_at: Moment(r.started_at),
-        finished_at: r.finished_at.map(Moment),
+        started_at: r.started_at,
+        finished_at: r.finished_at,
         fetched: r.fetched,
         created: r.created,
         updated: r.updated,
@@ -271,7 +234,7 @@ pub struct Item {
     pub error: Option<String>,
     pub mapping_version: Option<i32>,
     pub latency_ms: Option<i32>,
-    pub at: Moment,
+    pub at: DateTime<Utc>,
     pub changes: Vec<Change>,
 }
 
@@ -375,7 +338,7 @@ impl ItemRow {
             error: self.error,
             mapping_version: self.mapping_version,
             latency_ms: self.latency_ms,
-            at: Moment(self.at),
+            at: self.at,
         }
     }
 }
@@ -393,21 +356,9 @@ pub(crate) fn page(rows: Vec<ItemRow>, limit: i64, masked: bool) -> (Vec<Item>, 
 
 #[cfg(test)]
 mod tests {
-    use chrono::Duration;
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn relative_hints_read_naturally() {
-        let now = Utc::now();
-        assert_eq!(relative(now, now), "just now");
-        assert_eq!(relative(now - Duration::seconds(90), now), "2 min ago");
-        assert_eq!(relative(now - Duration::hours(3), now), "3 h ago");
-        assert_eq!(relative(now - Duration::hours(30), now), "1 day ago");
-        assert_eq!(relative(now - Duration::days(9), now), "9 days ago");
-        assert_eq!(relative(now + Duration::hours(2), now), "in 2 h");
-    }
 
     #[test]
     fn changes_mask_personal_fields_only_when_asked() {

@@ -191,6 +191,10 @@ pub struct Filter {
     pub action: Option<String>,
     /// Substring of the actor's label (email or key prefix).
     pub actor: Option<String>,
+    /// Entries at or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Entries before this time.
+    pub until: Option<DateTime<Utc>>,
     /// Only entries older than this id (keyset pagination, newest first).
     pub before_id: Option<i64>,
 }
@@ -221,13 +225,17 @@ pub async fn list(
              AND ($3::text IS NULL OR action LIKE $3)
              AND ($4::text IS NULL OR actor_label ILIKE $4)
              AND ($5::bigint IS NULL OR id < $5)
+             AND ($6::timestamptz IS NULL OR occurred_at >= $6)
+             AND ($7::timestamptz IS NULL OR occurred_at < $7)
            ORDER BY id DESC
-           LIMIT $6"#,
+           LIMIT $8"#,
         tenant.0,
         action_exact,
         action_prefix,
         actor,
         filter.before_id,
+        filter.from,
+        filter.until,
         limit + 1
     )
     .fetch_all(&mut **tx)

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono_tz::Tz;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -189,6 +190,8 @@ pub struct CurrentUser {
     pub email: String,
     pub name: String,
     pub role: Role,
+    /// The tenant's time zone: every page shows times in it.
+    pub time_zone: Tz,
 }
 
 impl CurrentUser {
@@ -201,7 +204,8 @@ impl CurrentUser {
 pub async fn current_user(db: &Db, session: SessionUser) -> Result<Option<CurrentUser>, Error> {
     let mut tx = db.tenant(session.tenant_id).await?;
     let row = sqlx::query!(
-        "SELECT u.id, u.email, u.name, u.role, u.session_epoch, t.name AS tenant_name
+        "SELECT u.id, u.email, u.name, u.role, u.session_epoch, t.name AS tenant_name,
+                t.time_zone
          FROM users u JOIN tenants t ON t.id = u.tenant_id
          WHERE u.tenant_id = $1 AND u.id = $2",
         session.tenant_id.0,
@@ -219,6 +223,12 @@ pub async fn current_user(db: &Db, session: SessionUser) -> Result<Option<Curren
     let Ok(role) = row.role.parse() else {
         return Ok(None);
     };
+    // The profile form only stores zones chrono-tz knows; one it no longer knows (an older or
+    // hand-edited value) falls back to UTC rather than locking the tenant out of its pages.
+    let time_zone = row.time_zone.parse().unwrap_or_else(|_| {
+        tracing::warn!(tenant_id = %session.tenant_id, time_zone = %row.time_zone, "unknown tenant time zone, showing UTC");
+        Tz::UTC
+    });
     Ok(Some(CurrentUser {
         id: session.user_id,
         tenant_id: session.tenant_id,
@@ -226,5 +236,6 @@ pub async fn current_user(db: &Db, session: SessionUser) -> Result<Option<Curren
         email: row.email,
         name: row.name,
         role,
+        time_zone,
     }))
 }

@@ -1,4 +1,5 @@
-//! The tenant's profile: its display name and default time zone, as `/settings/profile` shows them.
+//! The tenant's profile: its display name and time zone (the UI shows every time in it), as
+//! `/settings/profile` shows them.
 
 use chrono_tz::Tz;
 use serde_json::json;

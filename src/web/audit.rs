@@ -1,4 +1,5 @@
-//! `/audit`: the tenant's audit log, newest first, filterable, keyset-paginated.
+//! `/audit`: the tenant's audit log, newest first, filterable (dates are days in the tenant's
+//! zone), keyset-paginated.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -6,6 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use tower_sessions::Session;
 
+use super::clock::{Clock, parse_day};
 use super::{Chrome, render};
 use crate::app::AppState;
 use crate::error::Error;
@@ -21,6 +23,8 @@ struct AuditPage {
     entries: Vec<Entry>,
     action: String,
     actor: String,
+    from: String,
+    to: String,
     /// Query string of the next (older) page, when there is one.
     older: Option<String>,
 }
@@ -31,6 +35,10 @@ pub struct AuditQuery {
     action: String,
     #[serde(default)]
     actor: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
     before: Option<i64>,
 }
 
@@ -45,9 +53,13 @@ pub async fn index(
     user: CurrentUser,
     Query(query): Query<AuditQuery>,
 ) -> Result<Response, Error> {
+    // Days in the tenant's zone: "from" its midnight, "to" the end of that day.
+    let clock = Clock::for_user(&user);
     let filter = Filter {
         action: non_empty(&query.action),
         actor: non_empty(&query.actor),
+        from: parse_day(&query.from, "From")?.map(|day| clock.day_start(day)),
+        until: parse_day(&query.to, "To")?.map(|day| clock.day_end(day)),
         before_id: query.before,
     };
     let mut tx = state.db.tenant(user.tenant_id).await?;
@@ -58,6 +70,8 @@ pub async fn index(
             url::form_urlencoded::Serializer::new(String::new())
                 .append_pair("action", query.action.trim())
                 .append_pair("actor", query.actor.trim())
+                .append_pair("from", query.from.trim())
+                .append_pair("to", query.to.trim())
                 .append_pair("before", &last.id.to_string())
                 .finish(),
         ),
@@ -68,6 +82,8 @@ pub async fn index(
         entries,
         action: query.action.trim().to_string(),
         actor: query.actor.trim().to_string(),
+        from: query.from.trim().to_string(),
+        to: query.to.trim().to_string(),
         older,
     })
 }

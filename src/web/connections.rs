@@ -15,6 +15,7 @@ use serde_json::json;
 use tower_sessions::Session;
 use uuid::Uuid;
 
+use super::clock::Clock;
 use super::{Chrome, Flash, render, render_status};
 use crate::alerts::health::{self, ErrorGroup, ObjectState};
 use crate::app::AppState;
@@ -155,6 +156,8 @@ impl SyncState {
 #[template(path = "connections/sync_state.html")]
 struct SyncStateFragment {
     sync: SyncState,
+    /// What `chrome.clock` is on the full page (the fragment has no chrome).
+    clock: Clock,
 }
 
 /// API budget use as the page shows it.
@@ -328,7 +331,10 @@ pub async fn sync_state_fragment(
     let connection = connections::find(&mut tx, id).await?;
     let sync = sync_state(&mut tx, &connection).await?;
     tx.commit().await?;
-    let mut response = render(&SyncStateFragment { sync })?;
+    let mut response = render(&SyncStateFragment {
+        sync,
+        clock: Clock::for_user(&user),
+    })?;
     response.headers_mut().insert(
         axum::http::header::CACHE_CONTROL,
         axum::http::HeaderValue::from_static("no-store"),

@@ -5,9 +5,9 @@
 use askama::Template;
 use axum::extract::State;
 use axum::response::Response;
-use chrono::{DateTime, Utc};
 use tower_sessions::Session;
 
+use super::clock::Clock;
 use super::{Chrome, render};
 use crate::alerts::delivery::label;
 use crate::alerts::health::{self, Hour, Summary};
@@ -17,45 +17,6 @@ use crate::error::Error;
 use crate::tenancy::accounts::{self, User};
 use crate::tenancy::api_keys::{self, ApiKey};
 use crate::tenancy::login::CurrentUser;
-
-/// A point in time, however many references deep (templates pass `&&DateTime`).
-pub(crate) trait Moment {
-    fn moment(&self) -> DateTime<Utc>;
-}
-
-impl Moment for DateTime<Utc> {
-    fn moment(&self) -> DateTime<Utc> {
-        *self
-    }
-}
-
-impl<T: Moment + ?Sized> Moment for &T {
-    fn moment(&self) -> DateTime<Utc> {
-        (**self).moment()
-    }
-}
-
-/// "3 min ago", "in 2 h", "just now": the relative hint shown next to (or instead of) a time.
-pub(crate) fn ago(at: impl Moment) -> String {
-    let seconds = (Utc::now() - at.moment()).num_seconds();
-    let (span, future) = if seconds < 0 {
-        (-seconds, true)
-    } else {
-        (seconds, false)
-    };
-    let amount = match span {
-        0..=9 => return "just now".into(),
-        10..=59 => format!("{span} s"),
-        60..=3_599 => format!("{} min", span / 60),
-        3_600..=86_399 => format!("{} h", span / 3_600),
-        _ => format!("{} d", span / 86_400),
-    };
-    if future {
-        format!("in {amount}")
-    } else {
-        format!("{amount} ago")
-    }
-}
 
 /// One bar of a chart (SVG user units).
 pub struct Bar {
@@ -89,7 +50,7 @@ impl Chart {
         Self::BAR
     }
 
-    fn new(hours: &[Hour], what: &str, value: impl Fn(&Hour) -> i64) -> Chart {
+    fn new(hours: &[Hour], clock: &Clock, what: &str, value: impl Fn(&Hour) -> i64) -> Chart {
         let max = hours.iter().map(&value).max().unwrap_or(0);
         let step = Self::WIDTH / (hours.len().max(1) as u32);
         let bars = hours
@@ -102,15 +63,12 @@ impl Chart {
                 } else {
                     0
                 };
-                let from = hour
-                    .start
-                    .map(|s| s.format("%H:00").to_string())
-                    .unwrap_or_default();
+                let from = hour.start.map(|s| clock.time_of_day(s)).unwrap_or_default();
                 Bar {
                     x: i as u32 * step + (step - Self::BAR) / 2,
                     y: Self::HEIGHT - height,
                     height,
-                    title: format!("{from} UTC: {v} {what}"),
+                    title: format!("{from}: {v} {what}"),
                 }
             })
             .collect();
@@ -138,20 +96,23 @@ impl Row {
         [&self.throughput, &self.errors]
     }
 
-    /// Token health in words.
-    pub fn token(&self) -> String {
+    /// Token health in words (the expiry itself is printed beside it).
+    pub fn token(&self, clock: &Clock) -> String {
         match (self.connection.status, self.connection.expires_at) {
             (Status::NeedsReauth, _) => "Authorization lost".into(),
             (Status::Disconnected, _) | (_, None) => "No token".into(),
-            (_, Some(at)) if at < Utc::now() => format!("Expired {}", ago(at)),
-            (_, Some(at)) => format!("Valid, expires {}", ago(at)),
+            (_, Some(at)) if at < clock.now() => format!("Expired {}", clock.ago(at)),
+            (_, Some(at)) => format!("Valid, expires {}", clock.ago(at)),
         }
     }
 
-    pub fn token_ok(&self) -> bool {
+    pub fn token_ok(&self, clock: &Clock) -> bool {
         self.connection.status == Status::Active
             && self.summary.refresh_failures == 0
-            && self.connection.expires_at.is_some_and(|at| at > Utc::now())
+            && self
+                .connection
+                .expires_at
+                .is_some_and(|at| at > clock.now())
     }
 }
 
@@ -191,6 +152,7 @@ pub async fn index(
     let mut summaries = health::summaries(&mut tx).await?;
     let open = alerts::open(&mut tx).await?;
     tx.commit().await?;
+    let chrome = Chrome::for_user(&session, &user, "Dashboard", "dashboard").await?;
     let active_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
     let mut rows = Vec::new();
     for mut connection in connections {
@@ -200,8 +162,10 @@ pub async fn index(
         let summary = summaries.swap_remove(at);
         connection.provider = provider_name(&state, &connection.provider);
         rows.push(Row {
-            throughput: Chart::new(&summary.hours, "records synced", |h| h.inbound + h.outbound),
-            errors: Chart::new(&summary.hours, "failures", |h| h.failed),
+            throughput: Chart::new(&summary.hours, &chrome.clock, "records synced", |h| {
+                h.inbound + h.outbound
+            }),
+            errors: Chart::new(&summary.hours, &chrome.clock, "failures", |h| h.failed),
             summary,
             connection,
         });
@@ -220,7 +184,7 @@ pub async fn index(
         })
         .collect();
     render(&DashboardPage {
-        chrome: Chrome::for_user(&session, &user, "Dashboard", "dashboard").await?,
+        chrome,
         rows,
         needs_reauth,
         alerts: open
@@ -250,19 +214,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn relative_times_read_naturally() {
-        let now = Utc::now();
-        assert_eq!(ago(now), "just now");
-        assert_eq!(ago(now - chrono::Duration::minutes(3)), "3 min ago");
-        assert_eq!(ago(now - chrono::Duration::hours(5)), "5 h ago");
-        assert_eq!(
-            ago(now + chrono::Duration::minutes(2) + chrono::Duration::seconds(5)),
-            "in 2 min"
-        );
-        assert_eq!(ago(now - chrono::Duration::days(3)), "3 d ago");
-    }
-
-    #[test]
     fn bars_scale_to_the_busiest_hour() {
         let hours: Vec<Hour> = (0..24)
             .map(|i| Hour {
@@ -270,12 +221,28 @@ mod tests {
                 ..Hour::default()
             })
             .collect();
-        let chart = Chart::new(&hours, "records synced", |h| h.inbound);
+        let clock = Clock::new(chrono_tz::Tz::UTC, chrono::Utc::now());
+        let chart = Chart::new(&hours, &clock, "records synced", |h| h.inbound);
         assert_eq!(chart.max, 10);
         assert_eq!(chart.bars.len(), 24);
         assert_eq!(chart.bars[23].height, Chart::HEIGHT - 2);
         assert_eq!(chart.bars[0].height, (Chart::HEIGHT - 2) / 2);
         assert_eq!(chart.bars[5].height, 0);
         assert!(chart.label.contains("15 in all"));
+    }
+
+    #[test]
+    fn bar_titles_name_the_hour_in_the_tenants_zone() {
+        let start = chrono::DateTime::parse_from_rfc3339("2026-11-23T13:00:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        let hours = [Hour {
+            start: Some(start),
+            inbound: 4,
+            ..Hour::default()
+        }];
+        let clock = Clock::new(chrono_tz::Asia::Kolkata, start);
+        let chart = Chart::new(&hours, &clock, "records synced", |h| h.inbound);
+        assert_eq!(chart.bars[0].title, "18:30 IST: 4 records synced");
     }
 }

@@ -7,11 +7,11 @@ use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use tower_sessions::Session;
 use uuid::Uuid;
 
+use super::clock::{Clock, parse_day};
 use super::{Chrome, render, render_status};
 use crate::app::AppState;
 use crate::connections;
@@ -82,20 +82,6 @@ pub fn choice(text: &str, allowed: &[&str], field: &str) -> Result<Option<String
     } else {
         Err(Error::BadRequest(format!("Unknown {field}: {text}.")))
     }
-}
-
-fn date(text: &str, field: &str) -> Result<Option<NaiveDate>, Error> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .map(Some)
-        .map_err(|_| Error::BadRequest(format!("{field} must be a date like 2026-01-31.")))
-}
-
-fn start_of(day: NaiveDate) -> Option<DateTime<Utc>> {
-    day.and_hms_opt(0, 0, 0).map(|t| t.and_utc())
 }
 
 fn query_string(pairs: &[(&str, &str)]) -> String {
@@ -176,15 +162,17 @@ pub async fn index(
 ) -> Result<Response, Error> {
     let mut tx = state.db.tenant(user.tenant_id).await?;
     let choices = connection_choices(&state, &mut tx).await?;
-    let to = date(&query.to, "To")?;
+    // Days in the tenant's zone: "from" its midnight, "to" the end of that day.
+    let clock = Clock::for_user(&user);
+    let from = parse_day(&query.from, "From")?;
+    let to = parse_day(&query.to, "To")?;
     let filter = RunFilter {
         connection: connection_filter(&query.connection, &choices)?,
         object: choice(&query.object, &OBJECTS, "object")?,
         kind: choice(&query.kind, &RUN_KINDS, "kind")?,
         outcome: choice(&query.outcome, &RUN_OUTCOMES, "outcome")?,
-        from: date(&query.from, "From")?.and_then(start_of),
-        // "To" includes the whole day.
-        until: to.and_then(|d| d.succ_opt()).and_then(start_of),
+        from: from.map(|day| clock.day_start(day)),
+        until: to.map(|day| clock.day_end(day)),
         before: query.before,
     };
     let (runs, more) = history::list_runs(&mut tx, &filter, RUNS_PAGE).await?;

@@ -4,6 +4,7 @@ mod alerts;
 mod api_keys;
 mod audit;
 mod auth;
+pub mod clock;
 mod connections;
 pub mod csrf;
 mod dashboard;
@@ -33,6 +34,7 @@ use crate::error::{Error, PROBLEM_JSON, Problem};
 use crate::tenancy::Role;
 use crate::tenancy::login::{self, CurrentUser, SESSION_USER, SessionUser};
 use crate::tenancy::sessions::PgSessionStore;
+use clock::Clock;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "ferry_session";
@@ -148,6 +150,8 @@ pub struct Chrome {
     /// Which navigation entry is current.
     pub nav: &'static str,
     pub flash: Option<Flash>,
+    /// Prints times in the tenant's zone: `{{ chrome.clock.at(x) }}` (see [`clock`]).
+    pub clock: Clock,
 }
 
 impl Chrome {
@@ -170,6 +174,7 @@ impl Chrome {
             user: Some(user.clone()),
             nav,
             flash: Flash::take(session).await?,
+            clock: Clock::for_user(user),
         })
     }
 
@@ -181,6 +186,7 @@ impl Chrome {
             user: None,
             nav: "",
             flash: Flash::take(session).await?,
+            clock: Clock::new(chrono_tz::Tz::UTC, chrono::Utc::now()),
         })
     }
 }
@@ -341,6 +347,7 @@ fn error_page(status: StatusCode, problem: Problem) -> Response {
             user: None,
             nav: "",
             flash: None,
+            clock: Clock::new(chrono_tz::Tz::UTC, chrono::Utc::now()),
         },
         status: status.as_u16(),
         problem,

@@ -150,7 +150,7 @@ async fn a_new_user_signs_up_adds_a_user_creates_a_key_and_reads_the_audit_log()
         .wait_until("the audit table filtered by `user.`", async || {
             // The address shows the filter once the whole of it has been applied.
             let url = web.client.current_url().await.ok()?;
-            if url.query() != Some("action=user.&actor=") {
+            if url.query() != Some("action=user.&actor=&from=&to=") {
                 return None;
             }
             let actions = web.audit_actions().await;

@@ -29,3 +29,4 @@ mod rls;
 mod roles;
 mod rules_page;
 mod sync;
+mod time_zones;
