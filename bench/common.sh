@@ -155,6 +155,18 @@ rss_of() {
   awk '/^VmHWM/ {h=$2} /^VmRSS/ {r=$2} END {printf "%.1f %.1f\n", h/1024, r/1024}' "/proc/$1/status" 2>/dev/null
 }
 
+# CPU seconds (user + system) used so far by the process $1, and by all Postgres processes.
+cpu_of() {
+  awk -v hz="$(getconf CLK_TCK)" '{printf "%.1f\n", ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+cpu_of_postgres() {
+  local total=0 pid
+  for pid in $(pgrep -x postgres); do
+    total=$(echo "$total + $(cpu_of "$pid")" | bc)
+  done
+  echo "$total"
+}
+
 machine() {
   echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 }

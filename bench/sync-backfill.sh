@@ -27,6 +27,8 @@ say "connecting (the backfill starts at once)"
 connect_sandbox
 say "connected: $CONNECTION"
 
+pg_cpu_start=$(cpu_of_postgres)
+sandbox_cpu_start=$(cpu_of "$sandbox")
 samples="$work_dir/samples.csv"
 echo "t,done,rss_mb,hwm_mb" >"$samples"
 sql() { psql "$DATABASE_URL" -AtXqc "$1"; }
@@ -80,5 +82,9 @@ awk -F, -v total="$fetched" 'NR > 1 { t[n] = $1; d[n] = $2; n++ } END {
     }
     if (lo >= 0) printf "10-second windows in the steady part: %.0f to %.0f records/s\n", lo, hi
   }' "$samples"
+# Where the two cores went (Postgres: every server process, so including other work on it).
+printf 'CPU seconds during the run: ferry %s, sandbox %s, postgres %s (elapsed %.1f s x 2 cores)\n' \
+  "$(cpu_of "$server")" "$(echo "$(cpu_of "$sandbox") - $sandbox_cpu_start" | bc)" \
+  "$(echo "$(cpu_of_postgres) - $pg_cpu_start" | bc)" "$elapsed"
 printf 'ferry peak RSS (VmHWM): %s MB; RSS at the end: %s MB\n' "$hwm" "$rss"
 echo "samples: $samples"

@@ -62,6 +62,34 @@ impl Db {
         &self.pool
     }
 
+    /// Analyzes the tables that changed much since their statistics were taken (autovacuum off
+    /// or behind: a backfill grows a table from nothing faster than its daemon looks). A plan
+    /// made for an empty table turns an index probe into a scan of the tenant's rows, so each
+    /// page of a backfill would cost more than the one before. Returns the tables analyzed.
+    /// Needs to own the tables; without that right it does nothing.
+    pub async fn refresh_statistics(&self) -> Result<Vec<String>, sqlx::Error> {
+        // CROSS-TENANT: statistics are per table.
+        let stale: Vec<String> = sqlx::query_scalar!(
+            "SELECT s.relname AS \"relname!\" FROM pg_stat_user_tables s
+             JOIN pg_class c ON c.oid = s.relid
+             WHERE s.schemaname = current_schema()
+               AND pg_has_role(c.relowner, 'USAGE')
+               AND s.n_mod_since_analyze > 1000 + 0.2 * s.n_live_tup
+               AND coalesce(greatest(s.last_analyze, s.last_autoanalyze), '-infinity')
+                   < now() - interval '10 seconds'"
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for table in &stale {
+            // The name comes from the catalog and is quoted as an identifier.
+            let name = table.replace('"', "\"\"");
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE \"{name}\"")))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(stale)
+    }
+
     /// Cheap liveness check for `/readyz`.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query_scalar!("SELECT 1 AS \"one!\"")

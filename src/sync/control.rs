@@ -39,8 +39,9 @@ pub async fn ensure(tx: &mut TenantTx, connection: Uuid) -> Result<(), Error> {
     .execute(&mut **tx)
     .await?;
     sqlx::query!(
-        "INSERT INTO sync_connections (tenant_id, connection_id, outbox_position)
-         VALUES ($1, $2, (SELECT coalesce(max(id), 0) FROM outbox WHERE tenant_id = $1))
+        "INSERT INTO sync_connections (tenant_id, connection_id, outbox_tx, outbox_position)
+         VALUES ($1, $2, pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1,
+                 9223372036854775807)
          ON CONFLICT DO NOTHING",
         tenant.0,
         connection

@@ -29,20 +29,21 @@ use crate::mapping::{LocalChange, LocalRecord, apply_outbound};
 use crate::records::{Kind, store};
 use crate::tenancy::TenantId;
 
-/// Outbox rows read per batch.
-pub const BATCH: i64 = 100;
+/// Changes (of other origins than this connection) pushed per batch.
+pub const BATCH: usize = 100;
+/// Outbox rows looked at per batch: the connection's own changes (its inbound sync, e.g. a
+/// backfill) are passed over in bulk.
+const SCAN: i64 = 2_000;
 /// Batches per job before yielding.
 pub const BATCHES_PER_JOB: usize = 10;
 /// How long a claimed drain stays claimed if its worker dies (renewed with every batch).
 pub const LEASE: Duration = Duration::from_secs(60);
 
 struct Row {
-    id: i64,
     kind: Kind,
     record: Uuid,
     operation: String,
     changed: Vec<String>,
-    origin: String,
 }
 
 /// One record's coalesced change.
@@ -156,43 +157,57 @@ async fn batch(
     client: &mut Option<CrmClient>,
 ) -> Result<bool, Failure> {
     let mut tx = state.db.tenant(tenant).await?;
-    let position = sqlx::query_scalar!(
-        "SELECT outbox_position FROM sync_connections WHERE tenant_id = $1 AND connection_id = $2",
+    let position = sqlx::query!(
+        "SELECT outbox_tx, outbox_position FROM sync_connections
+         WHERE tenant_id = $1 AND connection_id = $2",
         tenant.0,
         connection
     )
     .fetch_one(&mut *tx)
     .await?;
-    let rows: Vec<Row> = sqlx::query!(
-        "SELECT id, record_kind, record_id, operation, changed_fields, origin FROM outbox
-         WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    let own = inbound::origin(connection);
+    // In commit order (see migration 0009): only rows of transactions older than every running
+    // one, so none can still appear behind the place this batch moves to.
+    let scanned = sqlx::query!(
+        "SELECT tx, id, record_kind, record_id, operation, changed_fields, origin = $4 AS \"own!\"
+         FROM outbox
+         WHERE tenant_id = $1 AND (tx, id) > ($2, $3)
+           AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+         ORDER BY tx, id LIMIT $5",
         tenant.0,
-        position,
-        BATCH
+        position.outbox_tx,
+        position.outbox_position,
+        own,
+        SCAN
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .filter_map(|r| {
-        Some(Row {
-            id: r.id,
-            kind: Kind::parse(&r.record_kind)?,
-            record: r.record_id,
-            operation: r.operation,
-            changed: r.changed_fields,
-            origin: r.origin,
-        })
-    })
-    .collect();
+    .await?;
     tx.commit().await?;
-    let Some(last) = rows.last().map(|r| r.id) else {
+    // Up to BATCH changes to push; the connection's own changes are not echoed, only passed.
+    let mut rows: Vec<Row> = Vec::new();
+    let mut last = None;
+    for r in &scanned {
+        if rows.len() == BATCH {
+            break;
+        }
+        last = Some((r.tx, r.id));
+        if let (false, Some(kind)) = (r.own, Kind::parse(&r.record_kind)) {
+            rows.push(Row {
+                kind,
+                record: r.record_id,
+                operation: r.operation.clone(),
+                changed: r.changed_fields.clone(),
+            });
+        }
+    }
+    let Some(last) = last else {
         return Ok(false);
     };
-    let own = inbound::origin(connection);
-    // Coalesce per record, in first-seen order; the connection's own changes are not echoed.
+    let more = scanned.len() as i64 == SCAN || rows.len() == BATCH;
+    // Coalesce per record, in first-seen order.
     let mut order: Vec<(Kind, Uuid)> = Vec::new();
     let mut pending: HashMap<(Kind, Uuid), Pending> = HashMap::new();
-    for row in rows.iter().filter(|r| r.origin != own) {
+    for row in &rows {
         let entry = pending.entry((row.kind, row.record)).or_insert_with(|| {
             order.push((row.kind, row.record));
             Pending {
@@ -215,7 +230,7 @@ async fn batch(
     }
     if order.is_empty() {
         advance(state, tenant, connection, last, None, &[]).await?;
-        return Ok(rows.len() as i64 == BATCH);
+        return Ok(more);
     }
     if client.is_none() {
         *client = Some(super::client(state, tenant, connection).await?);
@@ -242,7 +257,7 @@ async fn batch(
     }
     let items: Vec<Item> = results.iter().map(|p| p.item.clone()).collect();
     advance(state, tenant, connection, last, Some(&results), &items).await?;
-    Ok(rows.len() as i64 == BATCH)
+    Ok(more)
 }
 
 fn hash(sent: &Map<String, Json>) -> Vec<u8> {
@@ -255,7 +270,7 @@ async fn advance(
     state: &AppState,
     tenant: TenantId,
     connection: Uuid,
-    last: i64,
+    last: (i64, i64),
     results: Option<&[Pushed]>,
     items: &[Item],
 ) -> Result<(), Failure> {
@@ -304,12 +319,17 @@ async fn advance(
         runs::finish(&mut tx, run, None).await?;
     }
     sqlx::query!(
-        "UPDATE sync_connections SET outbox_position = GREATEST(outbox_position, $3),
-                outbound_retry_at = now() + make_interval(secs => $4)
+        "UPDATE sync_connections SET
+                outbox_tx = CASE WHEN ($3::bigint, $4::bigint) > (outbox_tx, outbox_position)
+                                 THEN $3 ELSE outbox_tx END,
+                outbox_position = CASE WHEN ($3::bigint, $4::bigint) > (outbox_tx, outbox_position)
+                                       THEN $4 ELSE outbox_position END,
+                outbound_retry_at = now() + make_interval(secs => $5)
          WHERE tenant_id = $1 AND connection_id = $2",
         tenant.0,
         connection,
-        last,
+        last.0,
+        last.1,
         LEASE.as_secs_f64()
     )
     .execute(&mut *tx)

@@ -167,34 +167,41 @@ async fn pages(
         RunKind::Backfill
     };
     let mut run: Option<i64> = None;
-    for _ in 0..PAGES_PER_JOB {
-        let search = Search {
-            filter_groups: match cursor.query_from {
-                Some(from) => vec![vec![Filter {
-                    property: modified.to_string(),
-                    operator: "GTE".into(),
-                    value: Some(from.timestamp_millis().to_string()),
-                }]],
-                None => vec![],
-            },
-            sort: Some((modified.to_string(), true)),
-            properties: properties.clone(),
-            limit: PAGE,
-            after: cursor.query_after.clone(),
+    let search_of = |cursor: &Cursor| Search {
+        filter_groups: match cursor.query_from {
+            Some(from) => vec![vec![Filter {
+                property: modified.to_string(),
+                operator: "GTE".into(),
+                value: Some(from.timestamp_millis().to_string()),
+            }]],
+            None => vec![],
+        },
+        sort: Some((modified.to_string(), true)),
+        properties: properties.clone(),
+        limit: PAGE,
+        after: cursor.query_after.clone(),
+    };
+    let mut page = client
+        .api
+        .search(object, &search_of(&cursor))
+        .await
+        .map_err(|e| fail(e.into(), run))?;
+    for n in 1..=PAGES_PER_JOB {
+        let was_backfilled = cursor.backfilled;
+        let step = advance(connection, kind, &mut cursor, &page);
+        // The next page is fetched while this one is written (the position it starts from is
+        // known before the write commits; if the write fails, the page is dropped).
+        let next_search = (!step.exhausted && n < PAGES_PER_JOB).then(|| search_of(&cursor));
+        let fetch = async {
+            match &next_search {
+                Some(search) => Some(client.api.search(object, search).await),
+                None => None,
+            }
         };
-        let page = client
-            .api
-            .search(object, &search)
-            .await
-            .map_err(|e| fail(e.into(), run))?;
-        let mut tx = state
-            .db
-            .tenant(tenant)
-            .await
-            .map_err(|e| fail(e.into(), run))?;
-        let step = async {
+        let write = async {
+            let mut tx = state.db.tenant(tenant).await?;
             if run.is_none() && !page.results.is_empty() {
-                let id = match (cursor.backfilled, cursor.last_run_id) {
+                let id = match (was_backfilled, cursor.last_run_id) {
                     // A backfill keeps one run across jobs (and restarts after a crash).
                     (false, Some(id)) if still_running(&mut tx, id).await? => id,
                     _ => runs::start(&mut tx, connection, Some(kind), run_kind).await?,
@@ -207,15 +214,23 @@ async fn pages(
             }
             inbound::file_rejected(&mut tx, connection, kind, &applied.rejected, run).await?;
             super::rules::after_inbound(&mut tx, &applied.items).await?;
-            let done = advance(&mut tx, connection, kind, &mut cursor, &page, run).await?;
-            Ok::<bool, Error>(done)
+            save(&mut tx, connection, kind, &cursor, &step, run).await?;
+            tx.commit().await?;
+            Ok::<(), Error>(())
         };
-        let done = step.await.map_err(|e| fail(e.into(), run))?;
-        tx.commit().await.map_err(|e| fail(e.into(), run))?;
+        let (written, next) = tokio::join!(write, fetch);
+        written.map_err(|e| fail(e.into(), run))?;
         metrics::counter!("ferry_records_fetched_total", "object" => kind.as_str())
             .increment(page.results.len() as u64);
-        if done {
+        if step.finished_backfill {
+            cursor.backfilled = true;
+        }
+        if step.exhausted {
             return Ok(false);
+        }
+        match next {
+            Some(next) => page = next.map_err(|e| fail(e.into(), run))?,
+            None => break,
         }
     }
     // The job's share is used: let the poll be claimed again at once.
@@ -251,17 +266,24 @@ async fn still_running(tx: &mut TenantTx, run: i64) -> Result<bool, Error> {
     .unwrap_or(false))
 }
 
-/// Moves the cursor past a committed page. Returns true when the query is exhausted (the poll
-/// is done until its next interval).
-async fn advance(
-    tx: &mut TenantTx,
+/// Where a page leaves the query.
+struct Step {
+    fetched: i32,
+    /// The CRM id of the newest record of the page.
+    watermark_id: Option<String>,
+    /// The query is exhausted: the poll is done until its next interval.
+    exhausted: bool,
+    finished_backfill: bool,
+}
+
+/// Moves the cursor past a page, in memory (see [`save`]): computed before the page is written,
+/// so the next page can be fetched meanwhile.
+fn advance(
     connection: Uuid,
     kind: Kind,
     cursor: &mut Cursor,
     page: &crate::connectors::hubspot::client::SearchPage,
-    run: Option<i64>,
-) -> Result<bool, Error> {
-    let tenant = tx.tenant_id();
+) -> Step {
     let last = page
         .results
         .iter()
@@ -300,7 +322,24 @@ async fn advance(
         cursor.query_after = page.after.clone();
         cursor.query_offset = offset;
     }
-    let watermark_id = last.map(|(_, id)| id);
+    Step {
+        fetched,
+        watermark_id: last.map(|(_, id)| id),
+        exhausted,
+        finished_backfill,
+    }
+}
+
+/// Stores the cursor's new place, in the transaction that writes the page's records.
+async fn save(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    kind: Kind,
+    cursor: &Cursor,
+    step: &Step,
+    run: Option<i64>,
+) -> Result<(), Error> {
+    let tenant = tx.tenant_id();
     sqlx::query!(
         "UPDATE sync_cursors SET
             query_from = $4, query_after = $5, query_offset = $6,
@@ -320,21 +359,18 @@ async fn advance(
         cursor.query_after,
         cursor.query_offset,
         cursor.watermark,
-        watermark_id,
+        step.watermark_id,
         cursor.backfill_total,
-        fetched,
-        finished_backfill,
-        exhausted,
+        step.fetched,
+        step.finished_backfill,
+        step.exhausted,
         cursor.interval.as_secs_f64(),
         run,
         LEASE.as_secs_f64()
     )
     .execute(&mut **tx)
     .await?;
-    if finished_backfill {
-        cursor.backfilled = true;
-    }
-    if exhausted {
+    if step.exhausted {
         if let Some(run) = run {
             runs::finish(tx, run, None).await?;
         }
@@ -350,7 +386,7 @@ async fn advance(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(exhausted)
+    Ok(())
 }
 
 /// A poll failed: back off, dead-letter after the last attempt (and keep polling at the longest

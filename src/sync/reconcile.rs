@@ -81,8 +81,9 @@ pub async fn run(state: &AppState) -> Result<Found, Error> {
          JOIN connections n ON n.id = s.connection_id AND n.status = 'active'
          WHERE (s.outbound_retry_at IS NULL OR s.outbound_retry_at <= now())
            AND EXISTS (SELECT 1 FROM outbox o
-                       WHERE o.tenant_id = s.tenant_id AND o.id > s.outbox_position
-                         AND o.processed_at IS NULL)
+                       WHERE o.tenant_id = s.tenant_id
+                         AND (o.tx, o.id) > (s.outbox_tx, s.outbox_position)
+                         AND o.tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint)
          LIMIT $1",
         LIMIT
     )

@@ -101,3 +101,37 @@ async fn finished_jobs_do_not_pile_up_in_redis() {
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(35), runner).await;
 }
+
+/// A table that grew a lot since it was last analyzed gets fresh statistics (a backfill must not
+/// run on plans made for an empty table); one that did not change is left alone.
+#[tokio::test]
+async fn tables_that_grew_get_fresh_planner_statistics() {
+    let app = spawn_app().await;
+    sqlx::query("CREATE TABLE grown (n integer)")
+        .execute(app.pool())
+        .await
+        .expect("create");
+    sqlx::query("INSERT INTO grown SELECT generate_series(1, 5000)")
+        .execute(app.pool())
+        .await
+        .expect("fill");
+    let db = ferry::db::Db::from_pool(app.pool().clone());
+    // The statistics counters reach the shared view within a second or so.
+    let analyzed = eventually(Duration::from_secs(15), || async {
+        db.refresh_statistics()
+            .await
+            .expect("refresh")
+            .contains(&"grown".to_string())
+    })
+    .await;
+    assert!(analyzed, "the grown table was not analyzed");
+    let estimate: f32 =
+        sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE relname = 'grown'")
+            .fetch_one(app.pool())
+            .await
+            .expect("reltuples");
+    assert_eq!(estimate, 5000.0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = db.refresh_statistics().await.expect("refresh");
+    assert!(!again.contains(&"grown".to_string()), "{again:?}");
+}

@@ -1644,3 +1644,57 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
     );
     assert_eq!(synced.local_count("contacts").await, 6);
 }
+
+/// Outbox rows are numbered when they are written, but transactions commit in any order: a
+/// change whose transaction commits after a later-numbered one has been pushed must still be
+/// pushed (it used to be passed over for good).
+#[tokio::test]
+async fn a_change_committed_after_a_later_numbered_one_is_still_pushed() {
+    let synced = Synced::start(3, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let state = &synced.setup.app.state;
+
+    // A: written first (the smaller outbox id), committed last.
+    let mut slow = state.db.tenant(synced.tenant).await.expect("tx");
+    let body = json!({"email": "slow.writer@ferry.test", "first_name": "Slow"});
+    let body = body.as_object().cloned().unwrap_or_default();
+    ferry::records::service::create_or_upsert(
+        &mut slow,
+        ferry::records::Kind::Contact,
+        &body,
+        "api",
+    )
+    .await
+    .expect("create in the open transaction");
+
+    // B: written and committed meanwhile, through the API.
+    let key = create_api_key(&synced.owner, "commit order").await;
+    let created = api_client()
+        .post(synced.setup.app.url("/v1/contacts"))
+        .bearer_auth(&key)
+        .json(&json!({"email": "quick.writer@ferry.test", "first_name": "Quick"}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let at_crm = |email: &'static str| {
+        let synced = &synced;
+        async move {
+            synced
+                .crm_all("contacts", "email")
+                .await
+                .values()
+                .any(|c| c["email"] == email)
+        }
+    };
+    // Give the dispatcher the time it would take to push B (it may wait for A: that is fine).
+    let _ = eventually(Duration::from_secs(8), || at_crm("quick.writer@ferry.test")).await;
+    slow.commit().await.expect("commit");
+
+    let both = eventually(Duration::from_secs(30), || async {
+        at_crm("quick.writer@ferry.test").await && at_crm("slow.writer@ferry.test").await
+    })
+    .await;
+    assert!(both, "a change that committed late was never pushed");
+    synced.assert_contacts_equal().await;
+}
