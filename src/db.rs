@@ -14,6 +14,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::tenancy::TenantId;
 
+mod nodelay;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Handle to the database; cheap to clone.
@@ -26,10 +28,24 @@ impl Db {
     /// Connects lazily: the process starts even while Postgres is down, and `/readyz` says so.
     pub fn connect_lazy(url: &secrecy::SecretString) -> Result<Db, sqlx::Error> {
         let options: PgConnectOptions = url.expose_secret().parse()?;
+        let port = options.get_port();
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options.application_name("ferry"));
+            .after_connect(move |_, _| {
+                Box::pin(async move {
+                    nodelay::apply(port);
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(
+                options
+                    .application_name("ferry")
+                    // A transaction left open (a task dropped mid-request) would hold back the
+                    // outbox, which is read below the oldest running transaction: Postgres ends
+                    // it after a minute of idling.
+                    .options([("idle_in_transaction_session_timeout", "60s")]),
+            );
         Ok(Db { pool })
     }
 

@@ -213,6 +213,39 @@ impl Kv {
         Ok(())
     }
 
+    /// Adds `member` to the set `name` (kept for `ttl` after its last addition).
+    pub async fn add_to_set(
+        &self,
+        name: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<()> {
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .sadd(self.key(name), member)
+            .ignore()
+            .pexpire(self.key(name), ttl_ms)
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes and returns every member of the set `name`.
+    pub async fn take_set(&self, name: &str) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let (members,): (Vec<String>,) = redis::pipe()
+            .atomic()
+            .smembers(self.key(name))
+            .del(self.key(name))
+            .ignore()
+            .query_async(&mut conn)
+            .await?;
+        Ok(members)
+    }
+
     /// Whether anyone holds the lock `name`.
     pub async fn is_locked(&self, name: &str) -> redis::RedisResult<bool> {
         let mut conn = self.conn.clone();

@@ -232,19 +232,16 @@ pub async fn purge_done(state: &AppState, limit: usize) -> Result<u64, JobError>
 async fn reconcile_loop(state: AppState) {
     let mut tick = tokio::time::interval(sync::reconcile::EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
-        ticks += 1;
         enqueue_sync(&state, SyncJob::Reconcile).await;
-        if ticks.is_multiple_of(5) {
-            match state.db.refresh_statistics().await {
-                Ok(tables) if !tables.is_empty() => {
-                    tracing::debug!(?tables, "refreshed planner statistics")
-                }
-                Ok(_) => {}
-                Err(err) => tracing::debug!(error = %err, "could not refresh statistics"),
+        // A backfill grows tables faster than autovacuum (if on) re-plans them.
+        match state.db.refresh_statistics().await {
+            Ok(tables) if !tables.is_empty() => {
+                tracing::debug!(?tables, "refreshed planner statistics")
             }
+            Ok(_) => {}
+            Err(err) => tracing::debug!(error = %err, "could not refresh statistics"),
         }
         // Finished jobs would otherwise stay in Redis forever.
         match purge_done(&state, 2_000).await {

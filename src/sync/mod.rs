@@ -233,9 +233,19 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
         match state.kv.acquire_slot(&name, cap, SLOT_TTL).await {
             Ok(Some(token)) => slots.push((name, token)),
             Ok(None) => {
-                // At the cap: the work stays due in Postgres; the reconciler offers it again.
+                // At the cap: the work stays due in Postgres. The job waits beside the
+                // semaphore and is offered again when a slot is given back (the reconciler
+                // offers it too, should that be lost).
                 release(state, &slots).await;
                 metrics::counter!("ferry_sync_jobs_deferred_total").increment(1);
+                if let Ok(member) = serde_json::to_string(&job)
+                    && let Err(err) = state
+                        .kv
+                        .add_to_set(&deferred(&name), &member, SLOT_TTL)
+                        .await
+                {
+                    tracing::debug!(error = %err, "could not note a deferred job");
+                }
                 return Ok(());
             }
             Err(err) => {
@@ -283,12 +293,28 @@ fn job_name(job: &SyncJob) -> &'static str {
     }
 }
 
+/// Gives the slots back and offers the jobs that were deferred at their caps again.
 async fn release(state: &AppState, slots: &[(String, String)]) {
     for (name, token) in slots {
         if let Err(err) = state.kv.release_slot(name, token).await {
             tracing::debug!(error = %err, "could not release a concurrency slot (it expires)");
         }
+        match state.kv.take_set(&deferred(name)).await {
+            Ok(waiting) => {
+                for job in waiting {
+                    if let Ok(job) = serde_json::from_str::<SyncJob>(&job) {
+                        enqueue(state, job).await;
+                    }
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "could not read deferred jobs"),
+        }
     }
+}
+
+/// Where jobs deferred at the semaphore `slots` wait.
+fn deferred(slots: &str) -> String {
+    format!("{slots}:deferred")
 }
 
 /// Runs a tenant's queued dead-letter replays, a few at a time.

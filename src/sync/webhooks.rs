@@ -487,14 +487,32 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
     let mut tx = state.db.tenant(tenant).await?;
     match outcome {
         Ok(()) => {
-            sqlx::query!(
-                "UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
-                 WHERE tenant_id = $1 AND connection_id = $2",
+            // Events that arrived after the last batch was read found this job's claim held:
+            // their own job ended at once, so this one offers the work again.
+            let more = sqlx::query_scalar!(
+                "WITH released AS (
+                     UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
+                     WHERE tenant_id = $1 AND connection_id = $2)
+                 SELECT EXISTS (SELECT 1 FROM inbound_events
+                                WHERE tenant_id = $1 AND connection_id = $2
+                                  AND status = 'pending') AS \"more!\"",
                 tenant.0,
                 connection
             )
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            if more {
+                tx.commit().await?;
+                super::enqueue(
+                    state,
+                    SyncJob::Events {
+                        tenant: tenant.0,
+                        connection,
+                    },
+                )
+                .await;
+                return Ok(());
+            }
         }
         Err(failure) => {
             let attempts = failures + 1;

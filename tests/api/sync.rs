@@ -1688,7 +1688,9 @@ async fn a_change_committed_after_a_later_numbered_one_is_still_pushed() {
         }
     };
     // Give the dispatcher the time it would take to push B (it may wait for A: that is fine).
-    let _ = eventually(Duration::from_secs(8), || at_crm("quick.writer@ferry.test")).await;
+    // Not longer: while A is open, the outbox of every database on this server waits (the
+    // transaction ids it is read by are server-wide), so other tests wait too.
+    let _ = eventually(Duration::from_secs(4), || at_crm("quick.writer@ferry.test")).await;
     slow.commit().await.expect("commit");
 
     let both = eventually(Duration::from_secs(30), || async {
@@ -1697,4 +1699,49 @@ async fn a_change_committed_after_a_later_numbered_one_is_still_pushed() {
     .await;
     assert!(both, "a change that committed late was never pushed");
     synced.assert_contacts_equal().await;
+}
+
+/// A job that finds its connection at the concurrency cap returns at once; it is offered again
+/// as soon as a job of that connection gives its slot back (not only at the reconciler's next
+/// pass).
+#[tokio::test]
+async fn a_job_deferred_at_its_cap_is_offered_again_when_a_slot_is_given_back() {
+    use ferry::sync::SyncJob;
+    let synced = Synced::start_idle(0, 0, 0).await;
+    let state = &synced.setup.app.state;
+    let slots = format!("sync-slots:connection:{}", synced.connection);
+    let ttl = Duration::from_secs(60);
+    let mut held = Vec::new();
+    for _ in 0..ferry::sync::CONNECTION_CAP {
+        let slot = state
+            .kv
+            .acquire_slot(&slots, ferry::sync::CONNECTION_CAP, ttl);
+        held.push(slot.await.expect("redis").expect("a free slot"));
+    }
+    let events = SyncJob::Events {
+        tenant: synced.tenant.0,
+        connection: synced.connection,
+    };
+    let waiting = || async {
+        state
+            .kv
+            .is_locked(&events.pending_key())
+            .await
+            .expect("redis")
+    };
+    ferry::sync::run(state, events).await.expect("deferred");
+    assert!(
+        !waiting().await,
+        "a deferred job must not be queued at once"
+    );
+
+    // Another holder finishes: a job of the connection runs and gives its slot back.
+    let freed = held.pop().expect("slot");
+    state.kv.release_slot(&slots, &freed).await.expect("redis");
+    let outbound = SyncJob::Outbound {
+        tenant: synced.tenant.0,
+        connection: synced.connection,
+    };
+    ferry::sync::run(state, outbound).await.expect("outbound");
+    assert!(waiting().await, "the deferred job was not offered again");
 }

@@ -29,6 +29,8 @@ pub enum StoreError {
 pub struct Snapshot {
     pub records: imbl::OrdMap<(i64, u64), Arc<Record>>,
     pub schema: Arc<Schema>,
+    /// Changes with every write that becomes visible: equal generations, equal records.
+    pub generation: u64,
 }
 
 /// The result of an update: both versions (the same `Arc` when nothing changed).
@@ -58,10 +60,15 @@ struct SearchIndex {
     position: HashMap<u64, i64>,
     /// Writes not yet visible to search: due time, id, the new version (`None`: gone).
     pending: VecDeque<(Instant, u64, Option<Arc<Record>>)>,
+    generation: u64,
+    /// The last count of matches: generation, query (without its page), total. Paging through
+    /// a query asks for the same count again and again; counting walks every match.
+    total: Option<(u64, String, usize)>,
 }
 
 impl SearchIndex {
     fn apply(&mut self, id: u64, record: Option<Arc<Record>>) {
+        self.generation += 1;
         if let Some(ms) = self.position.remove(&id) {
             self.visible.remove(&(ms, id));
         }
@@ -113,6 +120,8 @@ impl ObjectStore {
                 visible: imbl::OrdMap::new(),
                 position: HashMap::new(),
                 pending: VecDeque::new(),
+                generation: 0,
+                total: None,
             }),
         }
     }
@@ -351,6 +360,7 @@ impl ObjectStore {
             visible = index.visible.clone().union(visible);
         }
         index.visible = visible;
+        index.generation += 1;
     }
 
     /// What search sees now: an O(1) clone of the index after applying due writes.
@@ -361,6 +371,20 @@ impl ObjectStore {
         Snapshot {
             records: index.visible.clone(),
             schema,
+            generation: index.generation,
         }
+    }
+
+    /// The count remembered for `query` at `generation`, if any.
+    pub fn known_total(&self, generation: u64, query: &str) -> Option<usize> {
+        match &lock(&self.index).total {
+            Some((g, q, total)) if *g == generation && q == query => Some(*total),
+            _ => None,
+        }
+    }
+
+    /// Remembers the count of `query`'s matches at `generation`.
+    pub fn remember_total(&self, generation: u64, query: String, total: usize) {
+        lock(&self.index).total = Some((generation, query, total));
     }
 }

@@ -188,8 +188,9 @@ impl Query {
         }
     }
 
-    /// One page of results and the total number of matches.
-    pub fn run(&self, snapshot: &Snapshot) -> Page {
+    /// One page of results and the total number of matches (`known_total`: counted before on
+    /// the same snapshot, so the scan stops at the end of the page).
+    pub fn run(&self, snapshot: &Snapshot, known_total: Option<usize>) -> Page {
         let range = snapshot.records.range((
             self.modified_range.0.map(|ms| (ms, 0)),
             self.modified_range.1.map(|ms| (ms, u64::MAX)),
@@ -199,20 +200,27 @@ impl Query {
             // The index is already in this order: count, and keep only the page.
             let mut total = 0;
             let mut records = Vec::with_capacity(self.limit);
-            let mut take = |record: &Arc<Record>| {
+            let in_order: Box<dyn Iterator<Item = &Arc<Record>>> = if self.sort.descending {
+                Box::new(range.rev().map(|(_, r)| r))
+            } else {
+                Box::new(range.map(|(_, r)| r))
+            };
+            for record in in_order {
                 if self.matches(record) {
                     if total >= self.after && total < end {
                         records.push(record.clone());
                     }
                     total += 1;
                 }
-            };
-            if self.sort.descending {
-                range.rev().for_each(|(_, r)| take(r));
-            } else {
-                range.for_each(|(_, r)| take(r));
+                // Counted before: nothing past the page is needed.
+                if known_total.is_some() && total >= end {
+                    break;
+                }
             }
-            return Page { total, records };
+            return Page {
+                total: known_total.unwrap_or(total),
+                records,
+            };
         }
         let mut hits: Vec<&Arc<Record>> =
             range.map(|(_, r)| r).filter(|r| self.matches(r)).collect();

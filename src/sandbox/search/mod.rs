@@ -25,14 +25,25 @@ pub async fn execute(
     kind: ObjectKind,
     body: SearchBody,
 ) -> Result<Value, ApiError> {
-    let snapshot = portal.store(kind).snapshot();
+    let store = portal.store(kind);
+    let snapshot = store.snapshot();
     let query = Query::compile(&snapshot.schema, kind, body)?;
+    // What is counted: the query without its page.
+    let counted = format!(
+        "{:?} {:?} {:?} {:?}",
+        query.groups, query.text, query.text_keys, query.modified_range
+    );
+    let known = store.known_total(snapshot.generation, &counted);
+    let generation = snapshot.generation;
     let (query, snapshot, page) = tokio::task::spawn_blocking(move || {
-        let page = query.run(&snapshot);
+        let page = query.run(&snapshot, known);
         (query, snapshot, page)
     })
     .await
     .map_err(|_| ApiError::internal())?;
+    if known.is_none() {
+        store.remember_total(generation, counted, page.total);
+    }
     let results: Vec<Value> = page
         .records
         .iter()

@@ -240,3 +240,49 @@ async fn archived_records_never_appear_in_search() {
         .await;
     assert_eq!(body["total"], 0);
 }
+
+/// Paging through one query counts its matches once per snapshot: later pages reuse the count
+/// (and stop scanning at the end of the page), and a write that becomes visible counts again.
+#[tokio::test]
+async fn paging_reuses_the_count_until_a_write_becomes_visible() {
+    let mut args = args();
+    args.search_lag_ms = 0;
+    let sandbox = spawn_with(args).await;
+    let token = sandbox.token().await;
+    let mut created = Vec::new();
+    for n in 0..5 {
+        let id = sandbox
+            .create_contact(&token, &format!("page{n}@example.com"), "Page")
+            .await;
+        created.push(id);
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let page = |after: Option<&str>| {
+        let mut body = json!({
+            "filterGroups": [{ "filters": [{ "propertyName": "lastmodifieddate", "operator": "GTE", "value": "0" }] }],
+            "sorts": [{ "propertyName": "lastmodifieddate", "direction": "ASCENDING" }],
+            "limit": 2
+        });
+        if let Some(after) = after {
+            body["after"] = json!(after);
+        }
+        sandbox.post(&token, "/crm/v3/objects/contacts/search", body)
+    };
+    let (_, first) = page(None).await;
+    assert_eq!(first["total"], 5);
+    assert_eq!(ids(&first), created[..2]);
+    let (_, second) = page(Some("2")).await;
+    assert_eq!(second["total"], 5);
+    assert_eq!(ids(&second), created[2..4]);
+    assert_eq!(second["paging"]["next"]["after"], "4");
+    let (_, last) = page(Some("4")).await;
+    assert_eq!(ids(&last), created[4..]);
+    assert!(last.get("paging").is_none(), "{last}");
+
+    let newest = sandbox
+        .create_contact(&token, "page5@example.com", "Page")
+        .await;
+    let (_, again) = page(Some("4")).await;
+    assert_eq!(again["total"], 6, "the new record was not counted");
+    assert_eq!(ids(&again), [created[4].clone(), newest]);
+}
