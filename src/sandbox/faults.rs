@@ -197,6 +197,17 @@ pub fn admin_routes() -> Router<Shared> {
         )
         .route("/_sandbox/tokens/revoke", post(revoke_tokens))
         .route("/_sandbox/tokens/expire", post(expire_tokens))
+        .route("/_sandbox/stats", get(stats))
+}
+
+/// Per portal: the batch calls answered so far, by `object/action`.
+async fn stats(State(sandbox): State<Shared>) -> Response {
+    let portals: Vec<serde_json::Value> = sandbox
+        .portals
+        .iter()
+        .map(|p| json!({ "portalId": p.id, "batchCalls": p.batch_calls() }))
+        .collect();
+    Json(json!({ "portals": portals })).into_response()
 }
 
 fn settings_body(sandbox: &Shared) -> Response {

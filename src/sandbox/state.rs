@@ -49,6 +49,9 @@ pub struct Portal {
     pub associations: Associations,
     /// Set once the app has been authorised here; only then do webhooks flow.
     installed: AtomicBool,
+    /// Batch calls answered, by `object/action` (`GET /_sandbox/stats`): lets a test see how
+    /// many calls a sync made.
+    batch_calls: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Portal {
@@ -74,7 +77,20 @@ impl Portal {
             ],
             associations: Associations::default(),
             installed: AtomicBool::new(false),
+            batch_calls: std::sync::Mutex::default(),
         }
+    }
+
+    /// Counts one batch call.
+    pub fn count_batch_call(&self, object: &str, action: &str) {
+        *super::model::lock(&self.batch_calls)
+            .entry(format!("{object}/{action}"))
+            .or_default() += 1;
+    }
+
+    /// Batch calls answered so far, by `object/action`.
+    pub fn batch_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        super::model::lock(&self.batch_calls).clone()
     }
 
     pub fn store(&self, kind: ObjectKind) -> &ObjectStore {

@@ -238,23 +238,17 @@ async fn batch(
     let Some(crm) = client.as_ref() else {
         return Ok(false);
     };
+    let changes: Vec<&Pending> = order.iter().filter_map(|key| pending.get(key)).collect();
     let mut mappings: HashMap<Kind, Current> = HashMap::new();
-    let mut results = Vec::new();
-    for key in &order {
-        let Some(change) = pending.get(key) else {
-            continue;
-        };
+    for change in &changes {
         if let std::collections::hash_map::Entry::Vacant(slot) = mappings.entry(change.kind) {
             let mut tx = state.db.tenant(tenant).await?;
             let current = versions::current(&mut tx, connection, &crm.family, change.kind).await?;
             tx.commit().await?;
             slot.insert(current);
         }
-        let Some(mapping) = mappings.get(&change.kind) else {
-            continue;
-        };
-        results.push(push_one(state, tenant, connection, crm, mapping, change).await?);
     }
+    let results = push_all(state, tenant, connection, crm, &mappings, &changes).await?;
     let items: Vec<Item> = results.iter().map(|p| p.item.clone()).collect();
     advance(state, tenant, connection, last, Some(&results), &items).await?;
     Ok(more)
@@ -375,6 +369,8 @@ pub async fn save_link(
 
 struct LinkRow {
     key: String,
+    /// The CRM's modification time Ferry has applied up to.
+    remote_updated_at: Option<DateTime<Utc>>,
 }
 
 /// The record's link at this connection's CRM (`family:kind:id`), if any.
@@ -388,7 +384,7 @@ async fn link_of(
     let tenant = tx.tenant_id();
     let prefix = format!("{family}:{}:", kind.as_str());
     let row = sqlx::query!(
-        "SELECT key FROM external_links
+        "SELECT key, remote_updated_at FROM external_links
          WHERE tenant_id = $1 AND record_kind = $2 AND record_id = $3
            AND (connection_id = $4 OR connection_id IS NULL) AND starts_with(key, $5)
          ORDER BY connection_id IS NULL, created_at LIMIT 1",
@@ -400,7 +396,10 @@ async fn link_of(
     )
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(|r| LinkRow { key: r.key }))
+    Ok(row.map(|r| LinkRow {
+        key: r.key,
+        remote_updated_at: r.remote_updated_at,
+    }))
 }
 
 fn remote_id_of(key: &str) -> &str {
@@ -421,8 +420,7 @@ fn as_strings(properties: &Map<String, Json>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Pushes one record. Errors of the record itself come back as `rejected`; an `Err` stops the
-/// batch (transient or auth: the whole batch is retried, nothing was committed).
+/// Pushes one record (a replay).
 async fn push_one(
     state: &AppState,
     tenant: TenantId,
@@ -431,23 +429,222 @@ async fn push_one(
     mapping: &Current,
     change: &Pending,
 ) -> Result<Pushed, Failure> {
+    let mappings = HashMap::from([(change.kind, mapping.clone())]);
+    push_all(state, tenant, connection, crm, &mappings, &[change])
+        .await?
+        .pop()
+        .ok_or_else(|| Failure::permanent("nothing was pushed".to_string()))
+}
+
+/// A change with what Ferry knows of it, before anything is asked of the CRM.
+struct Loaded<'a> {
+    change: &'a Pending,
+    stored: Option<store::Stored>,
+    link: Option<LinkRow>,
+    /// A task's deal or contact at the CRM (associated on create).
+    linked_remote: Option<(Kind, String)>,
+    item: Item,
+    started: std::time::Instant,
+}
+
+/// An update waiting to go out with the others of its kind.
+struct Update {
+    index: usize,
+    remote_id: String,
+    link: LinkRow,
+    properties: Map<String, Json>,
+    item: Item,
+    started: std::time::Instant,
+    /// The CRM holds a change Ferry has not applied yet (see `push_all`).
+    unapplied: bool,
+}
+
+/// Pushes records, in the order given. Errors of a record itself come back as its `rejected`; an
+/// `Err` stops the batch (transient or auth: the whole batch is retried, nothing was committed).
+///
+/// The CRM's current state of every linked record is read 100 at a time, and updates go out 100
+/// at a time (`batch/update`). Should a batch update be refused, or leave a record out of its
+/// answer, those records are sent one by one, so each failure lands on its own record. Creates
+/// and deletions go one by one (see docs/decisions.md).
+async fn push_all(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    crm: &CrmClient,
+    mappings: &HashMap<Kind, Current>,
+    changes: &[&Pending],
+) -> Result<Vec<Pushed>, Failure> {
+    let mut tx = state.db.tenant(tenant).await?;
+    let mut loaded = Vec::with_capacity(changes.len());
+    for change in changes {
+        loaded.push(load(&mut tx, connection, crm, mappings, change).await?);
+    }
+    tx.commit().await?;
+    let current = read_current(crm, mappings, &loaded).await?;
+    let mut done: Vec<Option<Pushed>> = (0..loaded.len()).map(|_| None).collect();
+    let mut updates: BTreeMap<Kind, Vec<Update>> = BTreeMap::new();
+    for (index, loaded) in loaded.into_iter().enumerate() {
+        let Some(mapping) = mappings.get(&loaded.change.kind) else {
+            continue;
+        };
+        let Loaded {
+            change,
+            stored,
+            link,
+            linked_remote,
+            mut item,
+            started,
+        } = loaded;
+        let kind = change.kind;
+        let (object, _) = poll::object_of(kind);
+        let Some(stored) = stored else {
+            done[index] = Some(Pushed {
+                item,
+                rejected: None,
+                link: None,
+            });
+            continue;
+        };
+        if change.delete || stored.deleted_at.is_some() {
+            if let Some(link) = &link {
+                crm.api
+                    .batch_archive(object, &[remote_id_of(&link.key).to_string()])
+                    .await
+                    .map_err(Failure::from)
+                    .or_else(|f| {
+                        if f.status == Some(404) {
+                            Ok(())
+                        } else {
+                            Err(f)
+                        }
+                    })?;
+                item.action = Action::Deleted;
+            }
+            item.latency_ms = Some(millis(started));
+            done[index] = Some(Pushed {
+                item,
+                rejected: None,
+                link: None,
+            });
+            continue;
+        }
+        let local = LocalRecord::new(
+            Some(change.record.to_string()),
+            stored.fields.to_json(kind),
+            stored.updated_at,
+        );
+        // The CRM's record as it is now, so each field's owner rule compares with the real
+        // value (someone may have changed it at the CRM since Ferry last looked).
+        // Whether the CRM changed the record after the last change Ferry applied from it: then
+        // the link keeps its time after this push, so the inbound sync still applies that
+        // change (our own pushed values in it are dropped as echoes), rather than taking it for
+        // our echo and skipping it.
+        let mut unapplied = false;
+        let last_known = match &link {
+            None => None,
+            Some(l) => match current.get(&(kind, remote_id_of(&l.key).to_string())) {
+                Some((record, modified)) => {
+                    unapplied = l.remote_updated_at.is_none_or(|seen| *modified > seen);
+                    Some(record)
+                }
+                None => {
+                    // Deleted at the CRM: nothing to update (the deletion comes in by webhook
+                    // or poll and deletes the Ferry record).
+                    item.error = Some("the CRM no longer has this record".into());
+                    done[index] = Some(Pushed {
+                        item,
+                        rejected: None,
+                        link: None,
+                    });
+                    continue;
+                }
+            },
+        };
+        let changed: Option<Vec<String>> = match (&link, &change.changed) {
+            // Not at the CRM yet: send everything.
+            (None, _) | (_, None) => None,
+            (Some(_), Some(set)) => Some(set.iter().cloned().collect()),
+        };
+        let out = apply_outbound(
+            LocalChange {
+                record: &local,
+                changed: changed.as_deref(),
+            },
+            &mapping.mapping,
+            last_known,
+        );
+        if !out.errors.is_empty() {
+            let payload = json!({ "record_id": change.record, "properties": out.properties });
+            let failure = Failure::permanent(
+                out.errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+            done[index] = Some(rejected(item, failure, payload));
+            continue;
+        }
+        match link {
+            Some(link) if !out.properties.is_empty() => {
+                updates.entry(kind).or_default().push(Update {
+                    index,
+                    remote_id: remote_id_of(&link.key).to_string(),
+                    link,
+                    properties: out.properties,
+                    item,
+                    started,
+                    unapplied,
+                });
+            }
+            link => {
+                let pushed = send(
+                    crm,
+                    object,
+                    kind,
+                    link.as_ref(),
+                    out.properties,
+                    linked_remote,
+                    item,
+                    started,
+                )
+                .await?;
+                done[index] = Some(pushed);
+            }
+        }
+    }
+    for (kind, updates) in updates {
+        update_all(crm, kind, updates, &mut done).await?;
+    }
+    Ok(done.into_iter().flatten().collect())
+}
+
+fn millis(started: std::time::Instant) -> i32 {
+    started.elapsed().as_millis().min(i32::MAX as u128) as i32
+}
+
+/// Reads what Ferry holds of one change.
+async fn load<'a>(
+    tx: &mut TenantTx,
+    connection: Uuid,
+    crm: &CrmClient,
+    mappings: &HashMap<Kind, Current>,
+    change: &'a Pending,
+) -> Result<Loaded<'a>, Failure> {
     let started = std::time::Instant::now();
     let kind = change.kind;
-    let (object, _) = poll::object_of(kind);
-    let mut tx = state.db.tenant(tenant).await?;
-    let stored = store::fetch(&mut tx, kind, change.record).await?;
-    let link = link_of(&mut tx, connection, &crm.family, kind, change.record).await?;
+    let stored = store::fetch(tx, kind, change.record).await?;
+    let link = link_of(tx, connection, &crm.family, kind, change.record).await?;
     let linked_remote = match (kind, &stored) {
         (Kind::Task, Some(task)) => match task.fields.linked("linked") {
-            Some((to_kind, to_id)) => link_of(&mut tx, connection, &crm.family, to_kind, to_id)
+            Some((to_kind, to_id)) => link_of(tx, connection, &crm.family, to_kind, to_id)
                 .await?
                 .map(|l| (to_kind, remote_id_of(&l.key).to_string())),
             None => None,
         },
         _ => None,
     };
-    tx.commit().await?;
-    let mut item = Item {
+    let item = Item {
         object: kind,
         direction: "outbound",
         record_id: Some(change.record),
@@ -456,116 +653,196 @@ async fn push_one(
         outcome: "ok",
         error_class: None,
         error: None,
-        mapping_version: Some(mapping.version),
+        mapping_version: mappings.get(&kind).map(|m| m.version),
         changes: None,
         latency_ms: None,
     };
-    let Some(stored) = stored else {
-        return Ok(Pushed {
-            item,
-            rejected: None,
-            link: None,
-        });
-    };
-    if change.delete || stored.deleted_at.is_some() {
-        if let Some(link) = &link {
-            crm.api
-                .batch_archive(object, &[remote_id_of(&link.key).to_string()])
-                .await
-                .map_err(Failure::from)
-                .or_else(|f| {
-                    if f.status == Some(404) {
-                        Ok(())
-                    } else {
-                        Err(f)
-                    }
-                })?;
-            item.action = Action::Deleted;
-        }
-        item.latency_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
-        return Ok(Pushed {
-            item,
-            rejected: None,
-            link: None,
-        });
-    }
-    let local = LocalRecord::new(
-        Some(change.record.to_string()),
-        stored.fields.to_json(kind),
-        stored.updated_at,
-    );
-    // The CRM's record as it is now, so each field's owner rule compares with the real value
-    // (someone may have changed it at the CRM since Ferry last looked).
-    let last_known = match &link {
-        None => None,
-        Some(l) => {
-            let remote_id = remote_id_of(&l.key).to_string();
-            let (_, modified) = poll::object_of(kind);
-            let mut properties: Vec<String> =
-                mapping.mapping.remote_properties().into_iter().collect();
-            properties.push(modified.to_string());
-            let read = crm
-                .api
-                .batch_read(object, std::slice::from_ref(&remote_id), &properties)
-                .await?;
-            match read.results.into_iter().next() {
-                Some(record) => Some(inbound::remote_record(&record)),
-                None => {
-                    // Deleted at the CRM: nothing to update (the deletion comes in by webhook
-                    // or poll and deletes the Ferry record).
-                    item.error = Some("the CRM no longer has this record".into());
-                    return Ok(Pushed {
-                        item,
-                        rejected: None,
-                        link: None,
-                    });
-                }
-            }
-        }
-    };
-    let changed: Option<Vec<String>> = match (&link, &change.changed) {
-        // Not at the CRM yet: send everything.
-        (None, _) | (_, None) => None,
-        (Some(_), Some(set)) => Some(set.iter().cloned().collect()),
-    };
-    let out = apply_outbound(
-        LocalChange {
-            record: &local,
-            changed: changed.as_deref(),
-        },
-        &mapping.mapping,
-        last_known.as_ref(),
-    );
-    let payload = json!({ "record_id": change.record, "properties": out.properties });
-    if !out.errors.is_empty() {
-        let failure = Failure::permanent(
-            out.errors
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; "),
-        );
-        item.action = Action::Failed;
-        item.outcome = "dead_lettered";
-        item.error_class = Some("permanent");
-        item.error = Some(failure.message.clone());
-        return Ok(Pushed {
-            item,
-            rejected: Some((failure, payload)),
-            link: None,
-        });
-    }
-    send(
-        crm,
-        object,
-        kind,
-        link.as_ref(),
-        out.properties,
+    Ok(Loaded {
+        change,
+        stored,
+        link,
         linked_remote,
         item,
         started,
-    )
-    .await
+    })
+}
+
+/// The CRM's current state of the linked records to update, read 100 at a time per kind.
+async fn read_current(
+    crm: &CrmClient,
+    mappings: &HashMap<Kind, Current>,
+    loaded: &[Loaded<'_>],
+) -> Result<HashMap<(Kind, String), (crate::mapping::RemoteRecord, DateTime<Utc>)>, Failure> {
+    let mut wanted: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
+    for l in loaded {
+        let live = l
+            .stored
+            .as_ref()
+            .is_some_and(|s| s.deleted_at.is_none() && !l.change.delete);
+        if let (true, Some(link)) = (live, &l.link) {
+            wanted
+                .entry(l.change.kind)
+                .or_default()
+                .insert(remote_id_of(&link.key).to_string());
+        }
+    }
+    let mut current = HashMap::new();
+    for (kind, ids) in wanted {
+        let Some(mapping) = mappings.get(&kind) else {
+            continue;
+        };
+        let (object, modified) = poll::object_of(kind);
+        let mut properties: Vec<String> = mapping.mapping.remote_properties().into_iter().collect();
+        properties.push(modified.to_string());
+        let ids: Vec<String> = ids.into_iter().collect();
+        for chunk in ids.chunks(100) {
+            let read = crm.api.batch_read(object, chunk, &properties).await?;
+            for record in &read.results {
+                current.insert(
+                    (kind, record.id.clone()),
+                    (inbound::remote_record(record), inbound::updated_at(record)),
+                );
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// Sends the updates of one kind, 100 per call; what a call refuses or leaves out is sent one
+/// by one.
+async fn update_all(
+    crm: &CrmClient,
+    kind: Kind,
+    updates: Vec<Update>,
+    done: &mut [Option<Pushed>],
+) -> Result<(), Failure> {
+    let (object, _) = poll::object_of(kind);
+    let mut rest = updates.into_iter().peekable();
+    while rest.peek().is_some() {
+        // One input per CRM record per call (two Ferry records may share one after a merge).
+        let mut chunk: Vec<Update> = Vec::new();
+        let mut alone: Vec<Update> = Vec::new();
+        let mut ids: BTreeSet<String> = BTreeSet::new();
+        while chunk.len() < 100 {
+            let Some(update) = rest.next() else { break };
+            if ids.insert(update.remote_id.clone()) {
+                chunk.push(update);
+            } else {
+                alone.push(update);
+            }
+        }
+        let inputs: Vec<BatchInput> = chunk
+            .iter()
+            .map(|u| BatchInput {
+                id: Some(u.remote_id.clone()),
+                id_property: None,
+                properties: as_strings(&u.properties),
+            })
+            .collect();
+        let answer = match crm.api.batch_update(object, &inputs).await {
+            Ok(answer) => Some(answer),
+            Err(err) => {
+                let failure = Failure::from(err);
+                if failure.class != Class::Permanent {
+                    return Err(failure);
+                }
+                None
+            }
+        };
+        let results: HashMap<&str, &Record> = answer
+            .iter()
+            .flat_map(|a| a.results.iter())
+            .map(|r| (r.id.as_str(), r))
+            .collect();
+        for update in chunk {
+            match results.get(update.remote_id.as_str()) {
+                Some(result) => {
+                    let sent = as_strings(&update.properties);
+                    let pushed = succeeded(
+                        crm,
+                        kind,
+                        update.item,
+                        Action::Updated,
+                        result,
+                        &update.properties,
+                        sent,
+                        update.started,
+                    );
+                    done[update.index] = Some(keep_time(pushed, update.unapplied));
+                }
+                None => alone.push(update),
+            }
+        }
+        for update in alone {
+            let (index, unapplied) = (update.index, update.unapplied);
+            let pushed = send(
+                crm,
+                object,
+                kind,
+                Some(&update.link),
+                update.properties,
+                None,
+                update.item,
+                update.started,
+            )
+            .await?;
+            done[index] = Some(keep_time(pushed, unapplied));
+        }
+    }
+    Ok(())
+}
+
+/// A push over a CRM change not applied yet leaves the link's time as it was.
+fn keep_time(mut pushed: Pushed, unapplied: bool) -> Pushed {
+    if unapplied && let Some(link) = &mut pushed.link {
+        link.1 = None;
+    }
+    pushed
+}
+
+fn rejected(mut item: Item, failure: Failure, payload: Json) -> Pushed {
+    item.action = Action::Failed;
+    item.outcome = "dead_lettered";
+    item.error_class = Some("permanent");
+    item.error = Some(failure.message.clone());
+    Pushed {
+        item,
+        rejected: Some((failure, payload)),
+        link: None,
+    }
+}
+
+/// What a push the CRM accepted leaves: the history item and the link with what was sent.
+#[allow(clippy::too_many_arguments)]
+fn succeeded(
+    crm: &CrmClient,
+    kind: Kind,
+    mut item: Item,
+    action: Action,
+    result: &Record,
+    properties: &Map<String, Json>,
+    sent: BTreeMap<String, String>,
+    started: std::time::Instant,
+) -> Pushed {
+    item.action = action;
+    item.remote_id = Some(result.id.clone());
+    item.changes = Some(Json::Object(
+        properties
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({ "after": v })))
+            .collect(),
+    ));
+    item.latency_ms = Some(millis(started));
+    let key = link_key(&crm.family, kind, &result.id);
+    let sent_json: Map<String, Json> = sent
+        .into_iter()
+        .map(|(k, v)| (k, Json::String(v)))
+        .collect();
+    Pushed {
+        item,
+        rejected: None,
+        link: Some((key, remote_time(result), sent_json)),
+    }
 }
 
 /// Sends mapped properties: update when linked, else create (contacts with an email: upsert by
@@ -639,15 +916,7 @@ async fn send(
         Err(err) => {
             let failure = Failure::from(err);
             if failure.class == Class::Permanent {
-                item.action = Action::Failed;
-                item.outcome = "dead_lettered";
-                item.error_class = Some("permanent");
-                item.error = Some(failure.message.clone());
-                return Ok(Pushed {
-                    item,
-                    rejected: Some((failure, payload)),
-                    link: None,
-                });
+                return Ok(rejected(item, failure, payload));
             }
             return Err(failure);
         }
@@ -658,16 +927,7 @@ async fn send(
             .first()
             .map(|e| e["message"].as_str().unwrap_or("rejected").to_string())
             .unwrap_or_else(|| "the CRM returned no result".into());
-        let failure = Failure::permanent(message);
-        item.action = Action::Failed;
-        item.outcome = "dead_lettered";
-        item.error_class = Some("permanent");
-        item.error = Some(failure.message.clone());
-        return Ok(Pushed {
-            item,
-            rejected: Some((failure, payload)),
-            link: None,
-        });
+        return Ok(rejected(item, Failure::permanent(message), payload));
     };
     if action == Action::Created
         && let Some((to_kind, to_id)) = &linked_remote
@@ -684,25 +944,16 @@ async fn send(
             item.error = Some(format!("created, but the association failed: {err}"));
         }
     }
-    item.action = action;
-    item.remote_id = Some(result.id.clone());
-    item.changes = Some(Json::Object(
-        properties
-            .iter()
-            .map(|(k, v)| (k.clone(), json!({ "after": v })))
-            .collect(),
-    ));
-    item.latency_ms = Some(started.elapsed().as_millis().min(i32::MAX as u128) as i32);
-    let key = link_key(&crm.family, kind, &result.id);
-    let sent_json: Map<String, Json> = sent
-        .into_iter()
-        .map(|(k, v)| (k, Json::String(v)))
-        .collect();
-    Ok(Pushed {
+    Ok(succeeded(
+        crm,
+        kind,
         item,
-        rejected: None,
-        link: Some((key, remote_time(result), sent_json)),
-    })
+        action,
+        result,
+        &properties,
+        sent,
+        started,
+    ))
 }
 
 fn remote_time(record: &Record) -> Option<DateTime<Utc>> {

@@ -1745,3 +1745,134 @@ async fn a_job_deferred_at_its_cap_is_offered_again_when_a_slot_is_given_back() 
     ferry::sync::run(state, outbound).await.expect("outbound");
     assert!(waiting().await, "the deferred job was not offered again");
 }
+
+/// Changes to linked records go out in batches: one read of their current state and one update
+/// per 100 records, not a call each.
+#[tokio::test]
+async fn changes_to_linked_records_are_pushed_in_batches() {
+    let synced = Synced::start(40, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let key = create_api_key(&synced.owner, "batches").await;
+    let batch_calls = || async {
+        let stats: Json = crm_client()
+            .get(format!("{}/_sandbox/stats", synced.setup.crm_base))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats["portals"][0]["batchCalls"].clone()
+    };
+    let calls = |stats: &Json, name: &str| stats[name].as_u64().unwrap_or(0);
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT c.id FROM contacts c WHERE c.tenant_id = $1 ORDER BY c.id LIMIT 30",
+    )
+    .bind(synced.tenant.0)
+    .fetch_all(synced.pool())
+    .await
+    .expect("ids");
+    assert_eq!(ids.len(), 30);
+
+    // Thirty edits made while the connection is paused go out together when it resumes.
+    set_status(&synced, "paused").await;
+    for (n, id) in ids.iter().enumerate() {
+        let patched = api_client()
+            .patch(synced.setup.app.url(&format!("/v1/contacts/{id}")))
+            .bearer_auth(&key)
+            .header("content-type", "application/merge-patch+json")
+            .body(format!(r#"{{"job_title": "Batched {n}"}}"#))
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(patched.status(), StatusCode::OK);
+    }
+    let before = batch_calls().await;
+    set_status(&synced, "active").await;
+    ferry::sync::wake(&synced.setup.app.state).await;
+    let pushed = eventually(Duration::from_secs(30), || async {
+        let crm = synced.crm_all("contacts", "jobtitle").await;
+        crm.values()
+            .filter(|c| c["jobtitle"].as_str().unwrap_or("").starts_with("Batched "))
+            .count()
+            == 30
+    })
+    .await;
+    assert!(pushed, "the edits did not all reach the CRM");
+    let after = batch_calls().await;
+    let updates = calls(&after, "contacts/update") - calls(&before, "contacts/update");
+    let reads = calls(&after, "contacts/read") - calls(&before, "contacts/read");
+    assert!(updates <= 3, "30 updates took {updates} update calls");
+    assert!(reads <= 3, "30 updates took {reads} read calls");
+    synced.assert_contacts_equal().await;
+}
+
+/// The CRM changes a field, then Ferry pushes a change of another field before it has applied
+/// the CRM's: the push must not hide the CRM's change from the inbound sync (the link's time
+/// used to jump past it, and the CRM's edit was then skipped as our own echo).
+#[tokio::test]
+async fn a_push_does_not_hide_a_crm_change_ferry_has_not_applied_yet() {
+    let synced = Synced::start(5, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let key = create_api_key(&synced.owner, "unapplied").await;
+    let (local_id, ..) = synced.contact_of("2").await.expect("linked");
+    // Inbound processing waits (as after a failure, until a retry time) while Ferry pushes.
+    let inbound_waits = |hold: bool| {
+        let synced = &synced;
+        async move {
+            sqlx::query(
+                "UPDATE sync_connections
+                 SET inbound_retry_at = CASE WHEN $2 THEN now() + interval '1 hour' END
+                 WHERE connection_id = $1",
+            )
+            .bind(synced.connection)
+            .bind(hold)
+            .execute(synced.pool())
+            .await
+            .expect("inbound retry");
+        }
+    };
+    inbound_waits(true).await;
+
+    // The CRM changes the job title; then Ferry changes the first name and pushes it.
+    let (status, _) = synced
+        .crm(
+            reqwest::Method::PATCH,
+            "/crm/v3/objects/contacts/2",
+            Some(json!({"properties": {"jobtitle": "Set in the CRM"}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let patched = api_client()
+        .patch(synced.setup.app.url(&format!("/v1/contacts/{local_id}")))
+        .bearer_auth(&key)
+        .header("content-type", "application/merge-patch+json")
+        .body(r#"{"first_name": "Set in Ferry"}"#)
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(patched.status(), StatusCode::OK);
+    let pushed = eventually(Duration::from_secs(30), || async {
+        let (_, crm) = synced
+            .crm(
+                reqwest::Method::GET,
+                "/crm/v3/objects/contacts/2?properties=firstname",
+                None,
+            )
+            .await;
+        crm["properties"]["firstname"] == "Set in Ferry"
+    })
+    .await;
+    assert!(pushed, "Ferry's change was not pushed");
+
+    // Now the CRM's webhooks are processed.
+    inbound_waits(false).await;
+    ferry::sync::wake(&synced.setup.app.state).await;
+    let applied = eventually(Duration::from_secs(30), || async {
+        synced.contact_of("2").await.and_then(|c| c.2).as_deref() == Some("Set in the CRM")
+    })
+    .await;
+    assert!(applied, "the CRM's change was never applied");
+    synced.assert_contacts_equal().await;
+}

@@ -140,6 +140,7 @@ pub async fn batch(
         )));
     }
     let started = now_ms();
+    portal.count_batch_call(&object, &action);
     let crm = Crm::new(&sandbox, portal, ChangeSource::Api);
     match action.as_str() {
         "read" => Ok(read(portal, kind, &body, started)),
