@@ -15,7 +15,7 @@ use serde_json::{Map, Value as Json, json};
 use uuid::Uuid;
 
 use super::retry::Failure;
-use super::runs::{Action, Item};
+use super::runs::{self, Action, Item};
 use crate::connectors::hubspot::client::Record;
 use crate::db::TenantTx;
 use crate::error::Error;
@@ -311,6 +311,8 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             out.items.push(item);
             continue;
         }
+        // A first sight already mapped: the record-by-record path below reuses the mapping.
+        let mut mapped = None;
         if link.is_none()
             && let Some(first) = firsts[index].take()
         {
@@ -343,7 +345,7 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
                     Err(err) => match RecordError::from(err) {
                         RecordError::Rejected(failure) => {
                             item.action = Action::Failed;
-                            item.latency_ms = Some(millis(started.elapsed()));
+                            item.latency_ms = Some(runs::millis(started.elapsed()));
                             dead_letter(&mut out.rejected, &mut item, record, None, failure);
                         }
                         RecordError::Db(err) => return Err(err),
@@ -355,8 +357,9 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             if collides {
                 create_pending(tx, ctx, records, &mut pending, &mut out).await?;
             }
+            mapped = Some(first.mapped);
         }
-        match apply_one(tx, ctx, record, key, link.as_ref()).await {
+        match apply_one(tx, ctx, record, key, link.as_ref(), mapped).await {
             Ok(done) => {
                 item.action = done.action;
                 item.record_id = done.record_id;
@@ -393,7 +396,7 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
             }
             Err(RecordError::Db(err)) => return Err(err),
         }
-        item.latency_ms = Some(millis(started.elapsed()));
+        item.latency_ms = Some(runs::millis(started.elapsed()));
         out.items.push(item);
     }
     create_pending(tx, ctx, records, &mut pending, &mut out).await?;
@@ -419,10 +422,6 @@ pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Resu
         .await?;
     }
     Ok(out)
-}
-
-fn millis(took: std::time::Duration) -> i32 {
-    took.as_millis().min(i32::MAX as u128) as i32
 }
 
 /// A record without a link, mapped as a new record.
@@ -539,7 +538,7 @@ async fn create_pending(
     for (row, id) in rows.into_iter().zip(ids) {
         let record = &records[row.record];
         let item = &mut out.items[row.item];
-        item.latency_ms = Some(millis(row.took + share));
+        item.latency_ms = Some(runs::millis(row.took + share));
         if !linked.contains(&row.key) {
             let failure = Failure::from(Error::Conflict(format!(
                 "external_id {} already belongs to another record",
@@ -612,6 +611,7 @@ async fn apply_one(
     record: &Record,
     key: &str,
     link: Option<&Link>,
+    mapped: Option<Inbound>,
 ) -> Result<Done, RecordError> {
     let kind = ctx.kind;
     let linked = link.map(|l| l.record_id);
@@ -633,7 +633,7 @@ async fn apply_one(
     // Not linked yet: the record as it would be created (also where its email comes from).
     let fresh = linked
         .is_none()
-        .then(|| apply_inbound(&remote, &ctx.mapping.mapping, None));
+        .then(|| mapped.unwrap_or_else(|| apply_inbound(&remote, &ctx.mapping.mapping, None)));
     // Dedupe on first sight: a contact with no link joins the local contact with its email.
     let mut target = linked;
     let mut matched = false;

@@ -62,6 +62,17 @@ struct Pushed {
     link: Option<Sent>,
 }
 
+impl Pushed {
+    /// Nothing went to the CRM (the record is gone, unchanged, or gone from the CRM).
+    fn nothing_sent(item: Item) -> Pushed {
+        Pushed {
+            item,
+            rejected: None,
+            link: None,
+        }
+    }
+}
+
 /// What a push leaves on the link: its key, the CRM's modification time, what was sent.
 type Sent = (String, Option<DateTime<Utc>>, Map<String, Json>);
 
@@ -498,11 +509,7 @@ async fn push_all(
         let kind = change.kind;
         let (object, _) = poll::object_of(kind);
         let Some(stored) = stored else {
-            done[index] = Some(Pushed {
-                item,
-                rejected: None,
-                link: None,
-            });
+            done[index] = Some(Pushed::nothing_sent(item));
             continue;
         };
         if change.delete || stored.deleted_at.is_some() {
@@ -520,12 +527,8 @@ async fn push_all(
                     })?;
                 item.action = Action::Deleted;
             }
-            item.latency_ms = Some(millis(started));
-            done[index] = Some(Pushed {
-                item,
-                rejected: None,
-                link: None,
-            });
+            item.latency_ms = Some(runs::millis(started.elapsed()));
+            done[index] = Some(Pushed::nothing_sent(item));
             continue;
         }
         let local = LocalRecord::new(
@@ -534,11 +537,10 @@ async fn push_all(
             stored.updated_at,
         );
         // The CRM's record as it is now, so each field's owner rule compares with the real
-        // value (someone may have changed it at the CRM since Ferry last looked).
-        // Whether the CRM changed the record after the last change Ferry applied from it: then
-        // the link keeps its time after this push, so the inbound sync still applies that
-        // change (our own pushed values in it are dropped as echoes), rather than taking it for
-        // our echo and skipping it.
+        // value (someone may have changed it at the CRM since Ferry last looked). If it changed
+        // after the last change Ferry applied from it, the link keeps its time after this push:
+        // the inbound sync then still applies that change (our pushed values in it dropped as
+        // echoes) rather than skip it as our echo.
         let mut unapplied = false;
         let last_known = match &link {
             None => None,
@@ -551,11 +553,7 @@ async fn push_all(
                     // Deleted at the CRM: nothing to update (the deletion comes in by webhook
                     // or poll and deletes the Ferry record).
                     item.error = Some("the CRM no longer has this record".into());
-                    done[index] = Some(Pushed {
-                        item,
-                        rejected: None,
-                        link: None,
-                    });
+                    done[index] = Some(Pushed::nothing_sent(item));
                     continue;
                 }
             },
@@ -619,8 +617,21 @@ async fn push_all(
     Ok(done.into_iter().flatten().collect())
 }
 
-fn millis(started: std::time::Instant) -> i32 {
-    started.elapsed().as_millis().min(i32::MAX as u128) as i32
+/// The history item of a push, before it is made.
+fn outbound_item(kind: Kind, record: Uuid, link: Option<&LinkRow>, version: Option<i32>) -> Item {
+    Item {
+        object: kind,
+        direction: "outbound",
+        record_id: Some(record),
+        remote_id: link.map(|l| remote_id_of(&l.key).to_string()),
+        action: Action::Skipped,
+        outcome: "ok",
+        error_class: None,
+        error: None,
+        mapping_version: version,
+        changes: None,
+        latency_ms: None,
+    }
 }
 
 /// Reads what Ferry holds of one change.
@@ -644,19 +655,8 @@ async fn load<'a>(
         },
         _ => None,
     };
-    let item = Item {
-        object: kind,
-        direction: "outbound",
-        record_id: Some(change.record),
-        remote_id: link.as_ref().map(|l| remote_id_of(&l.key).to_string()),
-        action: Action::Skipped,
-        outcome: "ok",
-        error_class: None,
-        error: None,
-        mapping_version: mappings.get(&kind).map(|m| m.version),
-        changes: None,
-        latency_ms: None,
-    };
+    let version = mappings.get(&kind).map(|m| m.version);
+    let item = outbound_item(kind, change.record, link.as_ref(), version);
     Ok(Loaded {
         change,
         stored,
@@ -832,7 +832,7 @@ fn succeeded(
             .map(|(k, v)| (k.clone(), json!({ "after": v })))
             .collect(),
     ));
-    item.latency_ms = Some(millis(started));
+    item.latency_ms = Some(runs::millis(started.elapsed()));
     let key = link_key(&crm.family, kind, &result.id);
     let sent_json: Map<String, Json> = sent
         .into_iter()
@@ -861,11 +861,7 @@ async fn send(
     let payload = json!({ "record_id": item.record_id, "properties": properties });
     if properties.is_empty() && link.is_some() {
         item.action = Action::Unchanged;
-        return Ok(Pushed {
-            item,
-            rejected: None,
-            link: None,
-        });
+        return Ok(Pushed::nothing_sent(item));
     }
     let sent = as_strings(&properties);
     let answer = match link {
@@ -988,19 +984,7 @@ pub async fn replay(
             let mut tx = state.db.tenant(tenant).await?;
             let link = link_of(&mut tx, connection, &crm.family, kind, record).await?;
             tx.commit().await?;
-            let item = Item {
-                object: kind,
-                direction: "outbound",
-                record_id: Some(record),
-                remote_id: link.as_ref().map(|l| remote_id_of(&l.key).to_string()),
-                action: Action::Skipped,
-                outcome: "ok",
-                error_class: None,
-                error: None,
-                mapping_version: Some(mapping.version),
-                changes: None,
-                latency_ms: None,
-            };
+            let item = outbound_item(kind, record, link.as_ref(), Some(mapping.version));
             let (object, _) = poll::object_of(kind);
             send(
                 &crm,

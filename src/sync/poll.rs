@@ -187,7 +187,6 @@ async fn pages(
         .await
         .map_err(|e| fail(e.into(), run))?;
     for n in 1..=PAGES_PER_JOB {
-        let was_backfilled = cursor.backfilled;
         let step = advance(connection, kind, &mut cursor, &page);
         // The next page is fetched while this one is written (the position it starts from is
         // known before the write commits; if the write fails, the page is dropped).
@@ -201,7 +200,7 @@ async fn pages(
         let write = async {
             let mut tx = state.db.tenant(tenant).await?;
             if run.is_none() && !page.results.is_empty() {
-                let id = match (was_backfilled, cursor.last_run_id) {
+                let id = match (cursor.backfilled, cursor.last_run_id) {
                     // A backfill keeps one run across jobs (and restarts after a crash).
                     (false, Some(id)) if still_running(&mut tx, id).await? => id,
                     _ => runs::start(&mut tx, connection, Some(kind), run_kind).await?,
@@ -222,6 +221,7 @@ async fn pages(
         written.map_err(|e| fail(e.into(), run))?;
         metrics::counter!("ferry_records_fetched_total", "object" => kind.as_str())
             .increment(page.results.len() as u64);
+        // Only now: a page's run is the backfill's while the page is written.
         if step.finished_backfill {
             cursor.backfilled = true;
         }

@@ -113,6 +113,11 @@ pub struct Item {
     pub latency_ms: Option<i32>,
 }
 
+/// A duration as a history item's `latency_ms`.
+pub fn millis(took: std::time::Duration) -> i32 {
+    took.as_millis().min(i32::MAX as u128) as i32
+}
+
 /// Starts a run.
 pub async fn start(
     tx: &mut TenantTx,

@@ -485,11 +485,12 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
         }
     }
     let mut tx = state.db.tenant(tenant).await?;
+    let mut more = false;
     match outcome {
         Ok(()) => {
-            // Events that arrived after the last batch was read found this job's claim held:
-            // their own job ended at once, so this one offers the work again.
-            let more = sqlx::query_scalar!(
+            // Events that arrived after the last batch was read (they found this job's claim
+            // held, so their own job ended at once), or beyond this job's share: offered again.
+            more = sqlx::query_scalar!(
                 "WITH released AS (
                      UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
                      WHERE tenant_id = $1 AND connection_id = $2)
@@ -501,18 +502,6 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
             )
             .fetch_one(&mut *tx)
             .await?;
-            if more {
-                tx.commit().await?;
-                super::enqueue(
-                    state,
-                    SyncJob::Events {
-                        tenant: tenant.0,
-                        connection,
-                    },
-                )
-                .await;
-                return Ok(());
-            }
         }
         Err(failure) => {
             let attempts = failures + 1;
@@ -548,6 +537,13 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
         }
     }
     tx.commit().await?;
+    if more {
+        let job = SyncJob::Events {
+            tenant: tenant.0,
+            connection,
+        };
+        super::enqueue(state, job).await;
+    }
     Ok(())
 }
 

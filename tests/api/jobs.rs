@@ -135,3 +135,17 @@ async fn tables_that_grew_get_fresh_planner_statistics() {
     let again = db.refresh_statistics().await.expect("refresh");
     assert!(!again.contains(&"grown".to_string()), "{again:?}");
 }
+
+/// Ferry's own pool ends transactions left idle: one left open would hold back the outbox,
+/// which is read below the oldest running transaction.
+#[tokio::test]
+async fn the_pool_ends_transactions_left_idle() {
+    let test_db = crate::helpers::TestDb::create().await;
+    let url = secrecy::SecretString::from(test_db.url.clone());
+    let db = ferry::db::Db::connect_lazy(&url).expect("pool");
+    let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+        .fetch_one(db.cross_tenant())
+        .await
+        .expect("show");
+    assert_eq!(timeout, "1min");
+}

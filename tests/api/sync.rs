@@ -1876,3 +1876,47 @@ async fn a_push_does_not_hide_a_crm_change_ferry_has_not_applied_yet() {
     assert!(applied, "the CRM's change was never applied");
     synced.assert_contacts_equal().await;
 }
+
+/// An events job that ends with events still pending (beyond its share, or arrived during its
+/// run and turned away by its claim) offers the work again at once, not at the reconciler's
+/// next pass.
+#[tokio::test]
+async fn an_events_job_that_leaves_events_pending_offers_them_again() {
+    use ferry::sync::SyncJob;
+    let synced = Synced::start_idle(0, 0, 0).await;
+    let share = ferry::sync::webhooks::EVENTS_PER_BATCH * 10;
+    // One object, changed share + 1 times (the CRM has no such record: nothing to apply).
+    sqlx::query(
+        "INSERT INTO inbound_events (tenant_id, connection_id, dedupe_key, subscription_type,
+                                     object, object_id, occurred_at, payload)
+         SELECT $1, $2, 'event-' || n, 'contact.propertyChange', 'contact', '999999999',
+                now(), '{}'::jsonb
+         FROM generate_series(1, $3) AS n",
+    )
+    .bind(synced.tenant.0)
+    .bind(synced.connection)
+    .bind(share + 1)
+    .execute(synced.pool())
+    .await
+    .expect("events");
+    let state = &synced.setup.app.state;
+    let events = SyncJob::Events {
+        tenant: synced.tenant.0,
+        connection: synced.connection,
+    };
+    ferry::sync::run(state, events).await.expect("events job");
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM inbound_events WHERE connection_id = $1 AND status = 'pending'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("pending");
+    assert_eq!(pending, 1, "the job's share is {share} events");
+    let offered = state
+        .kv
+        .is_locked(&events.pending_key())
+        .await
+        .expect("redis");
+    assert!(offered, "the pending event was left to the reconciler");
+}
