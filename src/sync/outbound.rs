@@ -4,9 +4,18 @@
 //! write, when it comes back by webhook or poll, is recognised and not applied again.
 //!
 //! Changes whose origin is this connection (its own inbound sync) are skipped: they came from
-//! the CRM. Contacts with an email are created through upsert by email (idempotent at the CRM:
-//! a retry after a crash between the CRM's answer and our commit updates instead of
-//! duplicating); other creates go one at a time, so each answer is matched to its record.
+//! the CRM.
+//!
+//! Updates of linked records go out 100 per call (`batch/update`), matched to their records by
+//! CRM id. Contacts with an email are created through upsert by email, 100 per call
+//! (`batch/upsert`, idProperty `email`): idempotent at the CRM (a retry after a crash between
+//! the CRM's answer and our commit updates instead of duplicating), and each result is matched
+//! to its input by the normalised email. Other creates (contacts without an email, deals,
+//! tasks) go one per call: the answer of a batch create cannot be matched to its inputs by
+//! anything the contract promises, and a retry after a crash would duplicate the whole batch
+//! (a unique `ferry_id` property at the CRM to upsert by would allow batching them later).
+//! Whatever a batch call refuses or leaves out of its answer is sent one by one, so each
+//! failure lands on its own record.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -21,7 +30,7 @@ use super::retry::{Class, Failure};
 use super::runs::{self, Action, Item, RunKind};
 use super::{CrmClient, dlq, poll};
 use crate::app::AppState;
-use crate::connectors::hubspot::client::{BatchInput, Record};
+use crate::connectors::hubspot::client::{BATCH_LIMIT, BatchInput, Record};
 use crate::db::TenantTx;
 use crate::error::Error;
 use crate::mapping::versions::{self, Current};
@@ -417,17 +426,19 @@ fn remote_id_of(key: &str) -> &str {
     key.splitn(3, ':').nth(2).unwrap_or("")
 }
 
+/// A property value as the CRM takes it (every value is a string; null clears).
+fn as_string(value: &Json) -> String {
+    match value {
+        Json::Null => String::new(),
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 fn as_strings(properties: &Map<String, Json>) -> BTreeMap<String, String> {
     properties
         .iter()
-        .map(|(name, value)| {
-            let text = match value {
-                Json::Null => String::new(),
-                Json::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (name.clone(), text)
-        })
+        .map(|(name, value)| (name.clone(), as_string(value)))
         .collect()
 }
 
@@ -458,11 +469,25 @@ struct Loaded<'a> {
     started: std::time::Instant,
 }
 
-/// An update waiting to go out with the others of its kind.
-struct Update {
+/// How a batched write addresses its records at the CRM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Write {
+    /// Linked records, by CRM id (`batch/update`).
+    Update,
+    /// Contacts to create, by email (`batch/upsert`, idProperty `email`).
+    Upsert,
+}
+
+/// A write waiting to go out with the others of its kind.
+struct Batched {
     index: usize,
-    remote_id: String,
-    link: LinkRow,
+    /// What the CRM's answer is matched by: the CRM id (updates) or the normalised email
+    /// (upserts). One input per key per call.
+    key: String,
+    /// The input's `id`: the CRM id, or the email as sent.
+    id: String,
+    /// None for creates.
+    link: Option<LinkRow>,
     properties: Map<String, Json>,
     item: Item,
     started: std::time::Instant,
@@ -473,10 +498,11 @@ struct Update {
 /// Pushes records, in the order given. Errors of a record itself come back as its `rejected`; an
 /// `Err` stops the batch (transient or auth: the whole batch is retried, nothing was committed).
 ///
-/// The CRM's current state of every linked record is read 100 at a time, and updates go out 100
-/// at a time (`batch/update`). Should a batch update be refused, or leave a record out of its
-/// answer, those records are sent one by one, so each failure lands on its own record. Creates
-/// and deletions go one by one (see docs/decisions.md).
+/// The CRM's current state of every linked record is read 100 at a time; updates go out 100 at
+/// a time (`batch/update`), and so do creates of contacts with an email (`batch/upsert` by
+/// email). Should a batch call be refused, or leave a record out of its answer, those records
+/// are sent one by one, so each failure lands on its own record. Other creates and deletions go
+/// one by one (see the module doc and docs/decisions.md).
 async fn push_all(
     state: &AppState,
     tenant: TenantId,
@@ -493,7 +519,7 @@ async fn push_all(
     tx.commit().await?;
     let current = read_current(crm, mappings, &loaded).await?;
     let mut done: Vec<Option<Pushed>> = (0..loaded.len()).map(|_| None).collect();
-    let mut updates: BTreeMap<Kind, Vec<Update>> = BTreeMap::new();
+    let mut batched: BTreeMap<(Kind, Write), Vec<Batched>> = BTreeMap::new();
     for (index, loaded) in loaded.into_iter().enumerate() {
         let Some(mapping) = mappings.get(&loaded.change.kind) else {
             continue;
@@ -583,19 +609,40 @@ async fn push_all(
             done[index] = Some(rejected(item, failure, payload));
             continue;
         }
-        match link {
-            Some(link) if !out.properties.is_empty() => {
-                updates.entry(kind).or_default().push(Update {
-                    index,
-                    remote_id: remote_id_of(&link.key).to_string(),
-                    link,
-                    properties: out.properties,
-                    item,
-                    started,
-                    unapplied,
-                });
+        let email = upsert_email(kind, link.as_ref(), &out.properties);
+        match (link, email) {
+            (Some(link), _) if !out.properties.is_empty() => {
+                let remote_id = remote_id_of(&link.key).to_string();
+                batched
+                    .entry((kind, Write::Update))
+                    .or_default()
+                    .push(Batched {
+                        index,
+                        key: remote_id.clone(),
+                        id: remote_id,
+                        link: Some(link),
+                        properties: out.properties,
+                        item,
+                        started,
+                        unapplied,
+                    });
             }
-            link => {
+            (None, Some(email)) if linked_remote.is_none() => {
+                batched
+                    .entry((kind, Write::Upsert))
+                    .or_default()
+                    .push(Batched {
+                        index,
+                        key: crate::tenancy::normalize_email(&email),
+                        id: email,
+                        link: None,
+                        properties: out.properties,
+                        item,
+                        started,
+                        unapplied: false,
+                    });
+            }
+            (link, _) => {
                 let pushed = send(
                     crm,
                     object,
@@ -611,8 +658,8 @@ async fn push_all(
             }
         }
     }
-    for (kind, updates) in updates {
-        update_all(crm, kind, updates, &mut done).await?;
+    for ((kind, write), writes) in batched {
+        write_all(crm, kind, write, writes, &mut done).await?;
     }
     Ok(done.into_iter().flatten().collect())
 }
@@ -708,38 +755,44 @@ async fn read_current(
     Ok(current)
 }
 
-/// Sends the updates of one kind, 100 per call; what a call refuses or leaves out is sent one
-/// by one.
-async fn update_all(
+/// Sends the batched writes of one kind, 100 per call: updates by CRM id, creates of contacts
+/// by email. What a call refuses or leaves out of its answer is sent one by one (`send`).
+async fn write_all(
     crm: &CrmClient,
     kind: Kind,
-    updates: Vec<Update>,
+    write: Write,
+    writes: Vec<Batched>,
     done: &mut [Option<Pushed>],
 ) -> Result<(), Failure> {
     let (object, _) = poll::object_of(kind);
-    let mut rest = updates.into_iter().peekable();
+    let mut rest = writes.into_iter().peekable();
     while rest.peek().is_some() {
-        // One input per CRM record per call (two Ferry records may share one after a merge).
-        let mut chunk: Vec<Update> = Vec::new();
-        let mut alone: Vec<Update> = Vec::new();
-        let mut ids: BTreeSet<String> = BTreeSet::new();
-        while chunk.len() < 100 {
-            let Some(update) = rest.next() else { break };
-            if ids.insert(update.remote_id.clone()) {
-                chunk.push(update);
+        // One input per key per call: two Ferry records may share a CRM record after a merge,
+        // and two creates an email (HubSpot's answer would not say which input it is for).
+        let mut chunk: Vec<Batched> = Vec::new();
+        let mut alone: Vec<Batched> = Vec::new();
+        let mut keys: BTreeSet<String> = BTreeSet::new();
+        while chunk.len() < BATCH_LIMIT {
+            let Some(next) = rest.next() else { break };
+            if keys.insert(next.key.clone()) {
+                chunk.push(next);
             } else {
-                alone.push(update);
+                alone.push(next);
             }
         }
         let inputs: Vec<BatchInput> = chunk
             .iter()
-            .map(|u| BatchInput {
-                id: Some(u.remote_id.clone()),
-                id_property: None,
-                properties: as_strings(&u.properties),
+            .map(|w| BatchInput {
+                id: Some(w.id.clone()),
+                id_property: (write == Write::Upsert).then(|| "email".to_string()),
+                properties: as_strings(&w.properties),
             })
             .collect();
-        let answer = match crm.api.batch_update(object, &inputs).await {
+        let answer = match write {
+            Write::Update => crm.api.batch_update(object, &inputs).await,
+            Write::Upsert => crm.api.batch_upsert(object, &inputs).await,
+        };
+        let answer = match answer {
             Ok(answer) => Some(answer),
             Err(err) => {
                 let failure = Failure::from(err);
@@ -749,41 +802,54 @@ async fn update_all(
                 None
             }
         };
-        let results: HashMap<&str, &Record> = answer
+        // The answer's records by key. HubSpot lowercases the emails it stores, so upserts
+        // are matched by the normalised email on both sides.
+        let results: HashMap<String, &Record> = answer
             .iter()
             .flat_map(|a| a.results.iter())
-            .map(|r| (r.id.as_str(), r))
+            .filter_map(|r| match write {
+                Write::Update => Some((r.id.clone(), r)),
+                Write::Upsert => r
+                    .properties
+                    .get("email")
+                    .and_then(Option::as_deref)
+                    .map(|email| (crate::tenancy::normalize_email(email), r)),
+            })
             .collect();
-        for update in chunk {
-            match results.get(update.remote_id.as_str()) {
+        let action = match write {
+            Write::Update => Action::Updated,
+            Write::Upsert => Action::Created,
+        };
+        for w in chunk {
+            match results.get(&w.key) {
                 Some(result) => {
-                    let sent = as_strings(&update.properties);
+                    let sent = as_strings(&w.properties);
                     let pushed = succeeded(
                         crm,
                         kind,
-                        update.item,
-                        Action::Updated,
+                        w.item,
+                        action,
                         result,
-                        &update.properties,
+                        &w.properties,
                         sent,
-                        update.started,
+                        w.started,
                     );
-                    done[update.index] = Some(keep_time(pushed, update.unapplied));
+                    done[w.index] = Some(keep_time(pushed, w.unapplied));
                 }
-                None => alone.push(update),
+                None => alone.push(w),
             }
         }
-        for update in alone {
-            let (index, unapplied) = (update.index, update.unapplied);
+        for w in alone {
+            let (index, unapplied) = (w.index, w.unapplied);
             let pushed = send(
                 crm,
                 object,
                 kind,
-                Some(&update.link),
-                update.properties,
+                w.link.as_ref(),
+                w.properties,
                 None,
-                update.item,
-                update.started,
+                w.item,
+                w.started,
             )
             .await?;
             done[index] = Some(keep_time(pushed, unapplied));
@@ -845,8 +911,9 @@ fn succeeded(
     }
 }
 
-/// Sends mapped properties: update when linked, else create (contacts with an email: upsert by
-/// email). Also used by replays of outbound dead letters.
+/// Sends one record's mapped properties: update when linked, else create (contacts with an
+/// email: upsert by email). Used for what goes one per call, for what a batch call did not
+/// answer for, and by replays of outbound dead letters.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     crm: &CrmClient,
@@ -864,6 +931,7 @@ async fn send(
         return Ok(Pushed::nothing_sent(item));
     }
     let sent = as_strings(&properties);
+    let email = upsert_email(kind, link, &properties);
     let answer = match link {
         Some(link) => crm
             .api
@@ -877,35 +945,32 @@ async fn send(
             )
             .await
             .map(|o| (o, Action::Updated)),
-        None => {
-            let email = sent.get("email").filter(|e| !e.is_empty()).cloned();
-            match (kind, email) {
-                (Kind::Contact, Some(email)) => crm
-                    .api
-                    .batch_upsert(
-                        object,
-                        &[BatchInput {
-                            id: Some(email),
-                            id_property: Some("email".into()),
-                            properties: sent.clone(),
-                        }],
-                    )
-                    .await
-                    .map(|o| (o, Action::Created)),
-                _ => crm
-                    .api
-                    .batch_create(
-                        object,
-                        &[BatchInput {
-                            id: None,
-                            id_property: None,
-                            properties: sent.clone(),
-                        }],
-                    )
-                    .await
-                    .map(|o| (o, Action::Created)),
-            }
-        }
+        None => match email {
+            Some(email) => crm
+                .api
+                .batch_upsert(
+                    object,
+                    &[BatchInput {
+                        id: Some(email),
+                        id_property: Some("email".into()),
+                        properties: sent.clone(),
+                    }],
+                )
+                .await
+                .map(|o| (o, Action::Created)),
+            _ => crm
+                .api
+                .batch_create(
+                    object,
+                    &[BatchInput {
+                        id: None,
+                        id_property: None,
+                        properties: sent.clone(),
+                    }],
+                )
+                .await
+                .map(|o| (o, Action::Created)),
+        },
     };
     let (outcome, action) = match answer {
         Ok(answer) => answer,
@@ -950,6 +1015,17 @@ async fn send(
         sent,
         started,
     ))
+}
+
+/// The email a create is upserted by: a contact's non-empty email, when it is not linked yet.
+/// Other creates cannot be batched (see the module doc).
+fn upsert_email(
+    kind: Kind,
+    link: Option<&LinkRow>,
+    properties: &Map<String, Json>,
+) -> Option<String> {
+    let email = as_string(properties.get("email")?);
+    (kind == Kind::Contact && link.is_none() && !email.is_empty()).then_some(email)
 }
 
 fn remote_time(record: &Record) -> Option<DateTime<Utc>> {

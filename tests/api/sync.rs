@@ -363,6 +363,19 @@ impl Synced {
         .expect("contact")
     }
 
+    /// The sandbox's batch calls so far, by `object/action` (e.g. `contacts/upsert`).
+    pub async fn batch_calls(&self) -> Json {
+        let stats: Json = crm_client()
+            .get(format!("{}/_sandbox/stats", self.setup.crm_base))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats["portals"][0]["batchCalls"].clone()
+    }
+
     pub async fn faults(&self, settings: Json) {
         let answer = crm_client()
             .put(format!("{}/_sandbox/faults", self.setup.crm_base))
@@ -1753,18 +1766,6 @@ async fn changes_to_linked_records_are_pushed_in_batches() {
     let synced = Synced::start(40, 0, 0).await;
     synced.wait_backfilled(Duration::from_secs(60)).await;
     let key = create_api_key(&synced.owner, "batches").await;
-    let batch_calls = || async {
-        let stats: Json = crm_client()
-            .get(format!("{}/_sandbox/stats", synced.setup.crm_base))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("json");
-        stats["portals"][0]["batchCalls"].clone()
-    };
-    let calls = |stats: &Json, name: &str| stats[name].as_u64().unwrap_or(0);
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "SELECT c.id FROM contacts c WHERE c.tenant_id = $1 ORDER BY c.id LIMIT 30",
     )
@@ -1787,7 +1788,7 @@ async fn changes_to_linked_records_are_pushed_in_batches() {
             .expect("patch");
         assert_eq!(patched.status(), StatusCode::OK);
     }
-    let before = batch_calls().await;
+    let before = synced.batch_calls().await;
     set_status(&synced, "active").await;
     ferry::sync::wake(&synced.setup.app.state).await;
     let pushed = eventually(Duration::from_secs(30), || async {
@@ -1799,12 +1800,202 @@ async fn changes_to_linked_records_are_pushed_in_batches() {
     })
     .await;
     assert!(pushed, "the edits did not all reach the CRM");
-    let after = batch_calls().await;
-    let updates = calls(&after, "contacts/update") - calls(&before, "contacts/update");
-    let reads = calls(&after, "contacts/read") - calls(&before, "contacts/read");
+    let after = synced.batch_calls().await;
+    let updates = calls_between(&before, &after, "contacts/update");
+    let reads = calls_between(&before, &after, "contacts/read");
     assert!(updates <= 3, "30 updates took {updates} update calls");
     assert!(reads <= 3, "30 updates took {reads} read calls");
     synced.assert_contacts_equal().await;
+}
+
+/// Calls of `object/action` between two `Synced::batch_calls` readings.
+fn calls_between(before: &Json, after: &Json, name: &str) -> u64 {
+    let calls = |stats: &Json| stats[name].as_u64().unwrap_or(0);
+    calls(after) - calls(before)
+}
+
+/// Creates a contact through Ferry's API; returns its id.
+async fn create_contact(synced: &Synced, key: &str, body: Json) -> Uuid {
+    let created = api_client()
+        .post(synced.setup.app.url("/v1/contacts"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Json = created.json().await.expect("json");
+    created["id"]
+        .as_str()
+        .and_then(|id| id.parse().ok())
+        .expect("an id")
+}
+
+/// The CRM contact linked to each local contact: local id → remote id.
+async fn contact_links(synced: &Synced) -> BTreeMap<Uuid, String> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT record_id, key FROM external_links
+         WHERE tenant_id = $1 AND record_kind = 'contact' AND connection_id = $2",
+    )
+    .bind(synced.tenant.0)
+    .bind(synced.connection)
+    .fetch_all(synced.pool())
+    .await
+    .expect("links");
+    rows.into_iter()
+        .map(|(record, key)| (record, key.rsplit(':').next().unwrap_or("").to_string()))
+        .collect()
+}
+
+/// New contacts with an email go out as upserts by email, 100 per call, not a call each; every
+/// answer finds its record (HubSpot lowercases emails: matched case-insensitively).
+#[tokio::test]
+async fn new_contacts_are_pushed_in_batches() {
+    let synced = Synced::start(0, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let key = create_api_key(&synced.owner, "batched creates").await;
+
+    // 150 contacts created while the connection is paused go out together when it resumes.
+    set_status(&synced, "paused").await;
+    let mut created: BTreeMap<Uuid, (String, String)> = BTreeMap::new();
+    for n in 0..150 {
+        let email = if n % 3 == 0 {
+            format!("New.Contact{n}@Batch.TEST")
+        } else {
+            format!("new.contact{n}@batch.test")
+        };
+        let id = create_contact(
+            &synced,
+            &key,
+            json!({"email": email, "first_name": format!("First{n}"), "last_name": "Batch",
+                   "job_title": format!("Title {n}")}),
+        )
+        .await;
+        created.insert(id, (email.to_lowercase(), format!("First{n}")));
+    }
+    let before = synced.batch_calls().await;
+    set_status(&synced, "active").await;
+    ferry::sync::wake(&synced.setup.app.state).await;
+    let linked = eventually(Duration::from_secs(60), || async {
+        contact_links(&synced).await.len() == created.len()
+    })
+    .await;
+    assert!(
+        linked,
+        "not every new contact was linked: {:?}",
+        synced.letters().await
+    );
+
+    let crm = synced
+        .crm_all("contacts", "email,firstname,lastname,jobtitle")
+        .await;
+    assert_eq!(crm.len(), created.len(), "one CRM contact per new contact");
+    let links = contact_links(&synced).await;
+    for (id, (email, first)) in &created {
+        let remote = links.get(id).expect("linked");
+        let at_crm = &crm[remote];
+        assert_eq!(at_crm["email"], email.as_str(), "email of {id}");
+        assert_eq!(at_crm["firstname"], first.as_str(), "first name of {id}");
+        assert_eq!(at_crm["lastname"], "Batch");
+    }
+    let after = synced.batch_calls().await;
+    let upserts = calls_between(&before, &after, "contacts/upsert");
+    assert!(upserts <= 3, "150 creates took {upserts} upsert calls");
+    assert_eq!(calls_between(&before, &after, "contacts/create"), 0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    synced.assert_contacts_equal().await;
+}
+
+/// One contact of a batch of new ones is refused by the CRM (a value its property does not
+/// allow): the others are created by the batch call, only the refused one is dead-lettered.
+#[tokio::test]
+async fn a_new_contact_the_crm_refuses_is_dead_lettered_and_the_rest_of_its_batch_created() {
+    let synced = Synced::start(0, 0, 0).await;
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    // `company` goes out to the lead status, an enumeration: a company that is not one of its
+    // options is refused by the CRM.
+    let mut mapping = ferry::mapping::defaults::hubspot(
+        ferry::records::Kind::Contact,
+        ferry::mapping::Settings::default(),
+    );
+    for rule in &mut mapping.rules {
+        if rule.local.as_str() == "company" {
+            rule.remote = vec!["hs_lead_status".into()];
+            rule.direction = ferry::mapping::Direction::Outbound;
+        }
+    }
+    save_mapping(&synced, &mapping).await;
+    let key = create_api_key(&synced.owner, "refused create").await;
+
+    set_status(&synced, "paused").await;
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for n in 0..20 {
+        let company = if n == 7 { "Not a status" } else { "NEW" };
+        let id = create_contact(
+            &synced,
+            &key,
+            json!({"email": format!("lead{n}@batch.test"), "first_name": format!("Lead{n}"),
+                   "company": company}),
+        )
+        .await;
+        if n == 7 {
+            refused = Some(id);
+        } else {
+            accepted.push(id);
+        }
+    }
+    let refused = refused.expect("the refused contact");
+    let before = synced.batch_calls().await;
+    set_status(&synced, "active").await;
+    ferry::sync::wake(&synced.setup.app.state).await;
+    let letter = || async {
+        sqlx::query_as::<_, (String, String, String, Option<Uuid>, String)>(
+            "SELECT object, direction, scope, record_id, error FROM dead_letters
+             WHERE tenant_id = $1 AND status = 'open'",
+        )
+        .bind(synced.tenant.0)
+        .fetch_all(synced.pool())
+        .await
+        .expect("letters")
+    };
+    let settled = eventually(Duration::from_secs(60), || async {
+        !letter().await.is_empty() && contact_links(&synced).await.len() == accepted.len()
+    })
+    .await;
+    assert!(
+        settled,
+        "{:?} {:?}",
+        letter().await,
+        contact_links(&synced).await
+    );
+
+    let letters = letter().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let (object, direction, scope, record, error) = &letters[0];
+    assert_eq!(
+        (object.as_str(), direction.as_str(), scope.as_str()),
+        ("contact", "outbound", "record")
+    );
+    assert_eq!(*record, Some(refused));
+    assert!(error.contains("Not a status"), "{error}");
+    let links = contact_links(&synced).await;
+    assert!(
+        !links.contains_key(&refused),
+        "the refused contact got a link"
+    );
+    let crm = synced
+        .crm_all("contacts", "email,firstname,hs_lead_status")
+        .await;
+    assert_eq!(crm.len(), accepted.len());
+    for id in &accepted {
+        let remote = links.get(id).expect("linked");
+        assert_eq!(crm[remote]["hs_lead_status"], "NEW");
+    }
+    // One batch call, then the refused contact alone (to learn its own error).
+    let after = synced.batch_calls().await;
+    let upserts = calls_between(&before, &after, "contacts/upsert");
+    assert!(upserts <= 2, "20 creates took {upserts} upsert calls");
 }
 
 /// The CRM changes a field, then Ferry pushes a change of another field before it has applied
