@@ -25,6 +25,7 @@ mod openapi;
 mod profile;
 mod readme;
 mod records;
+mod references;
 mod rls;
 mod roles;
 mod rules_page;
