@@ -234,21 +234,67 @@ async fn links_of(tx: &mut TenantTx, keys: &[String]) -> Result<HashMap<String, 
 /// observe a pending creation (the same key twice, or an email that a record before it in the
 /// batch created or changed) first flushes the pending ones and then takes that path.
 pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Result<Applied, Error> {
+    apply_prepared(tx, ctx, records, None).await
+}
+
+/// The advisory locks [`apply`] takes first: one per record's link key. A caller may take them
+/// before (they are re-entrant within a transaction).
+pub fn lock_names(
+    tenant: crate::tenancy::TenantId,
+    ctx: &Context,
+    records: &[Record],
+) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| format!("link:{tenant}:{}", ctx.key(&r.id)))
+        .collect()
+}
+
+/// A batch's records mapped ahead as first sights (see [`prepare`]).
+pub struct Prepared(Vec<Option<FirstSight>>);
+
+/// Maps a batch's records as if each were seen for the first time, before the batch is applied:
+/// a backfill's pages are almost all new records, and their mapping (pure CPU) can then run
+/// while the page before is written. [`apply_prepared`] uses a record's mapping only when the
+/// record turns out to have no link, so the result is the one [`apply`] gives.
+pub fn prepare(ctx: &Context, records: &[Record]) -> Prepared {
+    Prepared(
+        records
+            .iter()
+            .map(|record| (!record.archived).then(|| first_sight(ctx, record)))
+            .collect(),
+    )
+}
+
+/// [`apply`], with the records' first-sight mappings made ahead by [`prepare`] (for the same
+/// records, in the same order, with the same context).
+pub async fn apply_prepared(
+    tx: &mut TenantTx,
+    ctx: &Context,
+    records: &[Record],
+    prepared: Option<Prepared>,
+) -> Result<Applied, Error> {
     let mut out = Applied::default();
     if records.is_empty() {
         return Ok(out);
     }
     let keys: Vec<String> = records.iter().map(|r| ctx.key(&r.id)).collect();
     let tenant = tx.tenant_id();
-    let lock_names: Vec<String> = keys.iter().map(|k| format!("link:{tenant}:{k}")).collect();
-    crate::db::advisory_lock_all(tx, &lock_names).await?;
+    crate::db::advisory_lock_all(tx, &lock_names(tenant, ctx, records)).await?;
     let mut links = links_of(tx, &keys).await?;
     // First sight: map once; for contacts, look their emails up together.
+    let mut ahead = prepared
+        .map(|p| p.0)
+        .filter(|p| p.len() == records.len())
+        .unwrap_or_default();
     let mut firsts: Vec<Option<FirstSight>> = records
         .iter()
         .zip(&keys)
-        .map(|(record, key)| {
-            (!record.archived && !links.contains_key(key)).then(|| first_sight(ctx, record))
+        .enumerate()
+        .map(|(index, (record, key))| {
+            let made = ahead.get_mut(index).and_then(Option::take);
+            (!record.archived && !links.contains_key(key))
+                .then(|| made.unwrap_or_else(|| first_sight(ctx, record)))
         })
         .collect();
     let known_emails = if ctx.kind == Kind::Contact {

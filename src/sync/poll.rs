@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::inbound::{self, Context};
@@ -17,7 +18,7 @@ use super::retry::Failure;
 use super::runs::{self, RunKind};
 use super::{SyncJob, dlq};
 use crate::app::AppState;
-use crate::connectors::hubspot::client::{Filter, Search};
+use crate::connectors::hubspot::client::{Filter, Search, SearchPage};
 use crate::db::TenantTx;
 use crate::error::Error;
 use crate::mapping::versions;
@@ -44,6 +45,7 @@ pub fn object_of(kind: Kind) -> (&'static str, &'static str) {
     }
 }
 
+#[derive(Clone)]
 struct Cursor {
     query_from: Option<DateTime<Utc>>,
     query_after: Option<String>,
@@ -137,6 +139,7 @@ async fn pages(
     let fail = move |f: Failure, run: Option<i64>| (f, failures, run);
     let client = super::client(state, tenant, connection)
         .await
+        .map(std::sync::Arc::new)
         .map_err(|f| (f, cursor.failures, None))?;
     let mut tx = state
         .db
@@ -152,13 +155,27 @@ async fn pages(
     if !properties.iter().any(|p| p == modified) {
         properties.push(modified.to_string());
     }
-    let ctx = Context {
+    let ctx = std::sync::Arc::new(Context {
         connection,
         kind,
         family: client.family.clone(),
         mapping,
         origin: inbound::origin(connection),
         force: !cursor.backfilled,
+    });
+    // A backfill's pages are almost all new records: each is mapped as such when it arrives,
+    // on another worker thread, while the page before is written.
+    let ahead = !cursor.backfilled;
+    let fetch = |search: Search| {
+        let (client, ctx) = (client.clone(), ctx.clone());
+        tokio::spawn(
+            async move {
+                let page = client.api.search(object, &search).await?;
+                let prepared = ahead.then(|| inbound::prepare(&ctx, &page.results));
+                Ok::<_, crate::connectors::hubspot::client::ApiError>((page, prepared))
+            }
+            .in_current_span(),
+        )
     };
     // A run spans the pages of one job; a poll that finds nothing leaves no run behind.
     let run_kind = if cursor.backfilled {
@@ -181,57 +198,74 @@ async fn pages(
         limit: PAGE,
         after: cursor.query_after.clone(),
     };
-    let mut page = client
-        .api
-        .search(object, &search_of(&cursor))
-        .await
-        .map_err(|e| fail(e.into(), run))?;
+    let (mut page, mut prepared) =
+        joined(fetch(search_of(&cursor)).await).map_err(|e| fail(e, run))?;
+    // Pages are written two at a time, each in its own task and transaction: page N+1's records
+    // are written while page N's are; N+1 then waits, inside Postgres, for N's transaction to
+    // end (an advisory lock N holds), and moves the cursor and commits only if N committed. All
+    // waits between the two are lock waits Postgres sees, so should they ever deadlock (both
+    // touching one local record), Postgres breaks it and the job is retried from the last
+    // committed page. The page that starts a run commits before the next one starts (the next
+    // one's items name the run).
+    let mut older: Option<InFlight> = None;
     for n in 1..=PAGES_PER_JOB {
         let step = advance(connection, kind, &mut cursor, &page);
         // The next page is fetched while this one is written (the position it starts from is
         // known before the write commits; if the write fails, the page is dropped).
-        let next_search = (!step.exhausted && n < PAGES_PER_JOB).then(|| search_of(&cursor));
-        let fetch = async {
-            match &next_search {
-                Some(search) => Some(client.api.search(object, search).await),
-                None => None,
-            }
-        };
-        let write = async {
-            let mut tx = state.db.tenant(tenant).await?;
-            if run.is_none() && !page.results.is_empty() {
-                let id = match (cursor.backfilled, cursor.last_run_id) {
-                    // A backfill keeps one run across jobs (and restarts after a crash).
-                    (false, Some(id)) if still_running(&mut tx, id).await? => id,
-                    _ => runs::start(&mut tx, connection, Some(kind), run_kind).await?,
-                };
-                run = Some(id);
-            }
-            let applied = inbound::apply(&mut tx, &ctx, &page.results).await?;
-            if let Some(run) = run {
-                runs::tally(&mut tx, run, connection, page.results.len(), &applied.items).await?;
-            }
-            inbound::file_rejected(&mut tx, connection, kind, &applied.rejected, run).await?;
-            super::rules::after_inbound(&mut tx, &applied.items).await?;
-            save(&mut tx, connection, kind, &cursor, &step, run).await?;
-            tx.commit().await?;
-            Ok::<(), Error>(())
-        };
-        let (written, next) = tokio::join!(write, fetch);
-        written.map_err(|e| fail(e.into(), run))?;
-        metrics::counter!("ferry_records_fetched_total", "object" => kind.as_str())
-            .increment(page.results.len() as u64);
-        // Only now: a page's run is the backfill's while the page is written.
-        if step.finished_backfill {
-            cursor.backfilled = true;
+        let next = (!step.exhausted && n < PAGES_PER_JOB).then(|| fetch(search_of(&cursor)));
+        let exhausted = step.exhausted;
+        let alone = run.is_none() || exhausted;
+        let current = spawn_page(
+            state,
+            tenant,
+            &ctx,
+            PageWrite {
+                page,
+                ready: prepared.take(),
+                run,
+                cursor: cursor.clone(),
+                step,
+                run_kind,
+            },
+            older.as_ref(),
+        )
+        .await;
+        // At most two pages in flight: the older one ends before another starts.
+        let mut settled = Ok(None);
+        if let Some(older) = older.take() {
+            settled = settle_page(&mut cursor, kind, older.handle.await);
         }
-        if step.exhausted {
+        if alone || settled.is_err() {
+            let committed = settle_page(&mut cursor, kind, current.handle.await);
+            settled = settled.and(committed);
+        } else {
+            older = Some(current);
+        }
+        match settled {
+            Ok(started) => run = run.or(started),
+            Err(err) => {
+                if let Some(next) = &next {
+                    next.abort();
+                }
+                finish_page(&mut older, &mut cursor, kind).await;
+                return Err(fail(err.into(), run));
+            }
+        }
+        if exhausted {
             return Ok(false);
         }
-        match next {
-            Some(next) => page = next.map_err(|e| fail(e.into(), run))?,
-            None => break,
+        let Some(next) = next else { break };
+        match joined(next.await) {
+            Ok(fetched) => (page, prepared) = fetched,
+            Err(failure) => {
+                // The page already written is kept.
+                finish_page(&mut older, &mut cursor, kind).await;
+                return Err(fail(failure, run));
+            }
         }
+    }
+    if let Some(older) = older.take() {
+        settle_page(&mut cursor, kind, older.handle.await).map_err(|e| fail(e.into(), run))?;
     }
     // The job's share is used: let the poll be claimed again at once.
     let mut tx = state
@@ -252,6 +286,184 @@ async fn pages(
     .map_err(|e| fail(e.into(), run))?;
     tx.commit().await.map_err(|e| fail(e.into(), run))?;
     Ok(true)
+}
+
+/// A page to write, and where it leaves the cursor.
+struct PageWrite {
+    page: SearchPage,
+    ready: Option<inbound::Prepared>,
+    /// The run the page's items join (None: the page starts or resumes it).
+    run: Option<i64>,
+    /// The cursor as this page leaves it, and where the page left the query.
+    cursor: Cursor,
+    step: Step,
+    run_kind: RunKind,
+}
+
+/// A page being written in its own task.
+struct InFlight {
+    handle: tokio::task::JoinHandle<Result<Committed, Error>>,
+    /// Whether its transaction committed (`Some(true)`) or not (`Some(false)`), once it ended.
+    outcome: tokio::sync::watch::Receiver<Option<bool>>,
+    /// The advisory lock its transaction holds until it ends.
+    lock: String,
+}
+
+/// A page committed: where it left the query, and its run.
+struct Committed {
+    step: Step,
+    run: Option<i64>,
+}
+
+/// Starts writing a page in a task of its own, after `before` (the page before it, if still in
+/// flight); returns once the page holds its locks, so a page started after it waits for those.
+async fn spawn_page(
+    state: &AppState,
+    tenant: TenantId,
+    ctx: &std::sync::Arc<Context>,
+    write: PageWrite,
+    before: Option<&InFlight>,
+) -> InFlight {
+    static PAGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let lock = format!(
+        "poll-page:{}:{}",
+        ctx.connection,
+        PAGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let before = before.map(|b| (b.lock.clone(), b.outcome.clone()));
+    let (locked, holding) = tokio::sync::oneshot::channel();
+    let (ended, outcome) = tokio::sync::watch::channel(None);
+    let task = write_page(
+        state.clone(),
+        tenant,
+        ctx.clone(),
+        write,
+        lock.clone(),
+        before,
+        locked,
+    );
+    let handle = tokio::spawn(
+        async move {
+            let result = task.await;
+            let _ = ended.send(Some(result.is_ok()));
+            result
+        }
+        .in_current_span(),
+    );
+    // Err: the task ended before it took its locks (its handle tells why).
+    let _ = holding.await;
+    InFlight {
+        handle,
+        outcome,
+        lock,
+    }
+}
+
+/// Writes a page and moves the cursor past it, in one transaction; see [`pages`].
+async fn write_page(
+    state: AppState,
+    tenant: TenantId,
+    ctx: std::sync::Arc<Context>,
+    write: PageWrite,
+    lock: String,
+    before: Option<(String, tokio::sync::watch::Receiver<Option<bool>>)>,
+    locked: tokio::sync::oneshot::Sender<()>,
+) -> Result<Committed, Error> {
+    let PageWrite {
+        page,
+        ready,
+        mut run,
+        cursor,
+        step,
+        run_kind,
+    } = write;
+    let (connection, kind) = (ctx.connection, ctx.kind);
+    let mut tx = state.db.tenant(tenant).await?;
+    let mut locks = inbound::lock_names(tenant, &ctx, &page.results);
+    locks.push(lock);
+    crate::db::advisory_lock_all(&mut tx, &locks).await?;
+    let _ = locked.send(());
+    if run.is_none() && !page.results.is_empty() {
+        let id = match (cursor.backfilled, cursor.last_run_id) {
+            // A backfill keeps one run across jobs (and restarts after a crash).
+            (false, Some(id)) if still_running(&mut tx, id).await? => id,
+            _ => runs::start(&mut tx, connection, Some(kind), run_kind).await?,
+        };
+        run = Some(id);
+    }
+    let applied = inbound::apply_prepared(&mut tx, &ctx, &page.results, ready).await?;
+    if let Some(id) = run {
+        runs::record_items(&mut tx, id, connection, &applied.items).await?;
+    }
+    inbound::file_rejected(&mut tx, connection, kind, &applied.rejected, run).await?;
+    super::rules::after_inbound(&mut tx, &applied.items).await?;
+    if let Some((lock, mut ended)) = before {
+        // The page before ends first: wait for its transaction in Postgres (a wait Postgres can
+        // see), then learn whether it committed.
+        crate::db::advisory_lock_all(&mut tx, &[lock]).await?;
+        let committed = loop {
+            if let Some(committed) = *ended.borrow_and_update() {
+                break committed;
+            }
+            if ended.changed().await.is_err() {
+                break false;
+            }
+        };
+        if !committed {
+            return Err(Error::Unavailable(
+                "the page before this one was not written",
+            ));
+        }
+    }
+    if let Some(id) = run {
+        runs::add(
+            &mut tx,
+            id,
+            runs::Counts::of(page.results.len(), &applied.items),
+        )
+        .await?;
+    }
+    save(&mut tx, connection, kind, &cursor, &step, run).await?;
+    tx.commit().await?;
+    Ok(Committed { step, run })
+}
+
+/// After a page's task ended: count the page, and mark the backfill done when it was the last.
+/// Returns the page's run.
+fn settle_page(
+    cursor: &mut Cursor,
+    kind: Kind,
+    ended: Result<Result<Committed, Error>, tokio::task::JoinError>,
+) -> Result<Option<i64>, Error> {
+    let committed =
+        ended.map_err(|_| Error::Unavailable("a page write stopped before it ended"))??;
+    metrics::counter!("ferry_records_fetched_total", "object" => kind.as_str())
+        .increment(u64::try_from(committed.step.fetched).unwrap_or(0));
+    // Only now: a page's run is the backfill's while the page is written.
+    if committed.step.finished_backfill {
+        cursor.backfilled = true;
+    }
+    Ok(committed.run)
+}
+
+/// Lets the page still in flight end (commit, or roll back after a failed one before it) before
+/// the job gives up, so its cursor update cannot race the failure's.
+async fn finish_page(older: &mut Option<InFlight>, cursor: &mut Cursor, kind: Kind) {
+    if let Some(older) = older.take()
+        && let Err(err) = settle_page(cursor, kind, older.handle.await)
+    {
+        tracing::debug!(error = %err, "a page in flight was not written");
+    }
+}
+
+/// The answer of a spawned fetch: its page, or why there is none.
+fn joined<T>(
+    answer: Result<Result<T, crate::connectors::hubspot::client::ApiError>, tokio::task::JoinError>,
+) -> Result<T, Failure> {
+    match answer {
+        Ok(page) => page.map_err(Failure::from),
+        Err(err) => Err(Failure::transient(format!("the page fetch stopped: {err}"))),
+    }
 }
 
 async fn still_running(tx: &mut TenantTx, run: i64) -> Result<bool, Error> {

@@ -42,6 +42,18 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// The counts of a batch: `fetched` records that gave these items.
+    pub fn of(fetched: usize, items: &[Item]) -> Counts {
+        let mut counts = Counts {
+            fetched: i32::try_from(fetched).unwrap_or(i32::MAX),
+            ..Counts::default()
+        };
+        for item in items {
+            counts.count(item);
+        }
+        counts
+    }
+
     pub fn add(&mut self, other: Counts) {
         self.fetched += other.fetched;
         self.created += other.created;
@@ -169,15 +181,8 @@ pub async fn tally(
     fetched: usize,
     items: &[Item],
 ) -> Result<(), Error> {
-    let mut counts = Counts {
-        fetched: i32::try_from(fetched).unwrap_or(i32::MAX),
-        ..Counts::default()
-    };
-    for item in items {
-        counts.count(item);
-    }
     record_items(tx, run, connection, items).await?;
-    add(tx, run, counts).await
+    add(tx, run, Counts::of(fetched, items)).await
 }
 
 /// A run of one batch, started and finished at once. Returns its id.
