@@ -10,11 +10,14 @@ use uuid::Uuid;
 
 use crate::helpers::TestDb;
 
+/// A database with two tenants, Acme and Globex, each with a connection and a run.
 struct Fixture {
     db: TestDb,
     tenant: Uuid,
     connection: Uuid,
     run: i64,
+    /// Globex's tenant, connection and run.
+    other: (Uuid, Uuid, i64),
 }
 
 async fn tenant(pool: &PgPool, name: &str) -> (Uuid, Uuid, i64) {
@@ -49,11 +52,13 @@ async fn tenant(pool: &PgPool, name: &str) -> (Uuid, Uuid, i64) {
 async fn fixture() -> Fixture {
     let db = TestDb::create().await;
     let (tenant, connection, run) = tenant(&db.pool, "Acme").await;
+    let other = self::tenant(&db.pool, "Globex").await;
     Fixture {
         db,
         tenant,
         connection,
         run,
+        other,
     }
 }
 
@@ -128,7 +133,7 @@ async fn count(pool: &PgPool, table: &str, tenant: Uuid) -> i64 {
 async fn rows_naming_what_does_not_exist_are_refused() {
     let f = fixture().await;
     let pool = &f.db.pool;
-    let (other_tenant, other_connection, other_run) = tenant(pool, "Globex").await;
+    let (other_tenant, other_connection, other_run) = f.other;
 
     // The real thing works, as the owner and through a tenant transaction.
     let mut conn = pool.acquire().await.expect("conn");
@@ -246,7 +251,7 @@ async fn rows_naming_what_does_not_exist_are_refused() {
 async fn deleting_a_run_connection_or_tenant_still_removes_what_hung_off_it() {
     let f = fixture().await;
     let pool = &f.db.pool;
-    let (other_tenant, other_connection, other_run) = tenant(pool, "Globex").await;
+    let (other_tenant, other_connection, other_run) = f.other;
     let mut conn = pool.acquire().await.expect("conn");
     write(&mut conn, f.tenant, Some(f.connection), f.connection, f.run)
         .await
