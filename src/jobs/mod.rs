@@ -56,6 +56,51 @@ fn maintenance_storage(
     RedisStorage::new(conn).with_config(queue_config(state, "maintenance"))
 }
 
+/// Wakes an idle worker every `interval` to look for due jobs (apalis-redis moves pushed jobs to
+/// the active list only when a worker fetches).
+///
+/// apalis's own `IntervalStrategy` replaces its timer when it fires without polling the new
+/// one, so no wake-up is registered for the next tick: an idle worker then slept until its
+/// next heartbeat (30 s), seen as backfills that started 30 s late and webhook events that
+/// waited as long. This one polls every timer it arms.
+struct EveryInterval {
+    interval: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl EveryInterval {
+    fn new(interval: Duration) -> Self {
+        EveryInterval {
+            interval,
+            timer: None,
+        }
+    }
+}
+
+impl PollStrategy for EveryInterval {
+    fn poll_drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        _snapshot: &PollSnapshot,
+    ) -> std::task::Poll<Option<()>> {
+        use std::task::Poll;
+        let interval = self.interval;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(interval)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                // Arm the next tick and poll it, so it wakes this task.
+                let mut next = Box::pin(tokio::time::sleep(interval));
+                let _ = next.as_mut().poll(cx);
+                self.timer = Some(next);
+                Poll::Ready(Some(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// Puts a maintenance job on its queue (over the shared Redis connection).
 pub async fn enqueue_maintenance(state: &AppState, job: Maintenance) -> Result<(), JobError> {
     let mut storage = maintenance_storage(state, state.kv.connection());
@@ -98,8 +143,9 @@ pub async fn queue_depths(
 pub async fn enqueue_sync(state: &AppState, job: SyncJob) {
     let marked = state.kv.claim(&job.pending_key(), sync::PENDING_TTL).await;
     match marked {
-        Ok(false) => {}
+        Ok(false) => tracing::debug!(job = %job.key(), "sync job already waiting"),
         Ok(true) => {
+            tracing::debug!(job = %job.key(), "enqueueing sync job");
             let mut storage = sync_storage(state, state.kv.connection());
             if let Err(err) = storage.push(job).await {
                 tracing::warn!(error = %err, job = %job.key(), "could not enqueue sync job");
@@ -290,7 +336,7 @@ pub async fn run(
                 .backend(
                     storage
                         .clone()
-                        .poll_with_interval(Duration::from_millis(250)),
+                        .poll_with_strategy(EveryInterval::new(Duration::from_millis(250))),
                 )
                 .data(worker_state.clone())
                 .build(run_maintenance)
@@ -300,7 +346,7 @@ pub async fn run(
                 .backend(
                     sync_jobs
                         .clone()
-                        .poll_with_interval(Duration::from_millis(100)),
+                        .poll_with_strategy(EveryInterval::new(Duration::from_millis(100))),
                 )
                 .concurrency(SYNC_CONCURRENCY)
                 .data(sync_state.clone())

@@ -212,6 +212,7 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
         tracing::debug!(error = %err, "could not clear the pending mark");
     }
     let started = std::time::Instant::now();
+    tracing::debug!("sync job started");
     let (tenant, connection) = match job {
         SyncJob::Poll {
             tenant, connection, ..
@@ -238,6 +239,7 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
                 // offers it too, should that be lost).
                 release(state, &slots).await;
                 metrics::counter!("ferry_sync_jobs_deferred_total").increment(1);
+                tracing::debug!(slots = %name, "sync job deferred: at the concurrency cap");
                 if let Ok(member) = serde_json::to_string(&job)
                     && let Err(err) = state
                         .kv
@@ -279,6 +281,11 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
     release(state, &slots).await;
     metrics::histogram!("ferry_sync_job_seconds", "job" => job_name(&job))
         .record(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        ok = result.is_ok(),
+        "sync job finished"
+    );
     result
 }
 

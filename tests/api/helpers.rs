@@ -35,8 +35,18 @@ fn init_process() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        if std::env::var("TEST_LOG").is_ok() {
-            ferry::telemetry::init_tracing(ferry::config::LogFormat::Text, "info,sqlx=warn");
+        // TEST_LOG=1, or a filter (`TEST_LOG=info,ferry=debug`). Each test's app runs on the
+        // test's own thread (a current-thread runtime), so the thread name tells whose line it is.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let filter = match filter.as_str() {
+                "" | "1" => "info,sqlx=warn".to_string(),
+                _ => filter,
+            };
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_thread_names(true)
+                .with_ansi(false)
+                .try_init();
         }
     });
 }

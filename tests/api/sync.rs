@@ -243,7 +243,40 @@ impl Synced {
     }
 
     /// Asserts the CRM's contacts and Ferry's are the same, record by record.
+    /// What Ferry still has to do for this tenant: outbox rows past a connection's position,
+    /// webhook deliveries not split, events not processed.
+    pub async fn unsettled(&self) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT
+               (SELECT count(*) FROM outbox o JOIN sync_connections s USING (tenant_id)
+                 WHERE o.tenant_id = $1 AND (o.tx, o.id) > (s.outbox_tx, s.outbox_position)),
+               (SELECT count(*) FROM webhook_deliveries WHERE processed_at IS NULL),
+               (SELECT count(*) FROM inbound_events WHERE tenant_id = $1 AND status = 'pending')",
+        )
+        .bind(self.tenant.0)
+        .fetch_one(self.pool())
+        .await
+        .expect("unsettled work")
+    }
+
+    /// Waits until Ferry has caught up with every change made so far (a write the CRM already
+    /// shows is committed at Ferry, with its link, a moment later).
+    pub async fn settle(&self) {
+        let settled = eventually(Duration::from_secs(30), || async {
+            self.unsettled().await == (0, 0, 0)
+        })
+        .await;
+        assert!(
+            settled,
+            "work still pending after 30 s (outbox, deliveries, events): {:?}; letters {:?}",
+            self.unsettled().await,
+            self.letters().await
+        );
+    }
+
+    /// Both sides hold the same contacts, once Ferry has caught up.
     pub async fn assert_contacts_equal(&self) {
+        self.settle().await;
         let crm = self
             .crm_all("contacts", "email,firstname,lastname,jobtitle")
             .await;
