@@ -234,11 +234,15 @@ async fn links_of(tx: &mut TenantTx, keys: &[String]) -> Result<HashMap<String, 
 /// observe a pending creation (the same key twice, or an email that a record before it in the
 /// batch created or changed) first flushes the pending ones and then takes that path.
 pub async fn apply(tx: &mut TenantTx, ctx: &Context, records: &[Record]) -> Result<Applied, Error> {
+    if !records.is_empty() {
+        let tenant = tx.tenant_id();
+        crate::db::advisory_lock_all(tx, &lock_names(tenant, ctx, records)).await?;
+    }
     apply_prepared(tx, ctx, records, None).await
 }
 
-/// The advisory locks [`apply`] takes first: one per record's link key. A caller may take them
-/// before (they are re-entrant within a transaction).
+/// The advisory locks [`apply`] takes first: one per record's link key, held until the
+/// transaction ends.
 pub fn lock_names(
     tenant: crate::tenancy::TenantId,
     ctx: &Context,
@@ -266,8 +270,8 @@ pub fn prepare(ctx: &Context, records: &[Record]) -> Prepared {
     )
 }
 
-/// [`apply`], with the records' first-sight mappings made ahead by [`prepare`] (for the same
-/// records, in the same order, with the same context).
+/// [`apply`] for a caller that already holds the records' [`lock_names`] in `tx`, with their
+/// first-sight mappings made ahead by [`prepare`] (same records, order and context).
 pub async fn apply_prepared(
     tx: &mut TenantTx,
     ctx: &Context,
@@ -280,7 +284,6 @@ pub async fn apply_prepared(
     }
     let keys: Vec<String> = records.iter().map(|r| ctx.key(&r.id)).collect();
     let tenant = tx.tenant_id();
-    crate::db::advisory_lock_all(tx, &lock_names(tenant, ctx, records)).await?;
     let mut links = links_of(tx, &keys).await?;
     // First sight: map once; for contacts, look their emails up together.
     let mut ahead = prepared
