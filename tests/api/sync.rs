@@ -637,6 +637,108 @@ async fn past_the_search_cap_through_a_killed_worker_and_a_flushed_redis_nothing
     assert_eq!(created, 10_400);
 }
 
+/// Pages are written two at a time, but commit in order: when page N fails, page N+1 (written
+/// meanwhile, waiting on N) rolls back with it, and the cursor stays after page N-1.
+#[tokio::test]
+async fn a_page_written_beside_a_failed_one_does_not_commit_before_it() {
+    let mut synced = Synced::start_idle(1_000, 0, 0).await;
+    // The contact Ferry's second page of the backfill holds (search by last-modified, ascending,
+    // as Ferry pages), with an email.
+    let (status, second) = synced
+        .crm(
+            reqwest::Method::POST,
+            "/crm/v3/objects/contacts/search",
+            Some(json!({
+                "sorts": [{"propertyName": "lastmodifieddate", "direction": "ASCENDING"}],
+                "properties": ["email", "lastmodifieddate"],
+                "limit": 200,
+                "after": "200",
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let email = second["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|r| r["properties"]["email"].as_str().filter(|e| !e.is_empty()))
+        .expect("a contact with an email on the second page")
+        .to_lowercase();
+    // Postgres refuses that contact: page 2's transaction fails.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION refuse_one_contact() RETURNS trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           IF lower(NEW.email) = '{email}' THEN
+             RAISE EXCEPTION 'injected failure of the second page';
+           END IF;
+           RETURN NEW;
+         END $f$;
+         CREATE TRIGGER refuse_one_contact BEFORE INSERT ON contacts
+           FOR EACH ROW EXECUTE FUNCTION refuse_one_contact();"
+    )))
+    .execute(synced.pool())
+    .await
+    .expect("trigger");
+    synced.start_worker();
+    let cursor = || async {
+        sqlx::query_as::<_, (i32, Option<String>, i64)>(
+            "SELECT failures, last_error, backfill_done FROM sync_cursors
+             WHERE connection_id = $1 AND object = 'contact'",
+        )
+        .bind(synced.connection)
+        .fetch_one(synced.pool())
+        .await
+        .expect("cursor")
+    };
+    let items = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sync_items WHERE connection_id = $1")
+            .bind(synced.connection)
+            .fetch_one(synced.pool())
+            .await
+            .expect("items")
+    };
+    // Two failed attempts: each time page 3 was written beside page 2 (see `poll::pages`). The
+    // cursor records the class of the failure, not Postgres's message (it may quote a record).
+    let failed_twice =
+        eventually(Duration::from_secs(60), || async { cursor().await.0 >= 2 }).await;
+    let (failures, error, done) = cursor().await;
+    assert!(
+        failed_twice,
+        "the poll did not fail twice: {failures} {error:?}"
+    );
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("database")),
+        "{error:?}"
+    );
+    // Only page 1 committed: none of page 3's records, items or cursor position.
+    assert_eq!(done, 200);
+    assert_eq!(synced.local_count("contacts").await, 200);
+    assert_eq!(items().await, 200);
+    // Postgres accepts the contact again: the backfill resumes after page 1, nothing doubled.
+    sqlx::raw_sql(
+        "DROP TRIGGER refuse_one_contact ON contacts; DROP FUNCTION refuse_one_contact();",
+    )
+    .execute(synced.pool())
+    .await
+    .expect("drop trigger");
+    synced.wait_backfilled(Duration::from_secs(120)).await;
+    assert_eq!(synced.local_count("contacts").await, 1_000);
+    synced.assert_contacts_equal().await;
+    let created: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sync_items WHERE connection_id = $1 AND action = 'created'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("items");
+    assert_eq!(created, 1_000);
+    assert!(
+        synced.letters().await.is_empty(),
+        "{:?}",
+        synced.letters().await
+    );
+}
+
 #[tokio::test]
 async fn crm_faults_are_retried_until_both_sides_agree() {
     let synced = Synced::start_with(600, 0, 0, |args| args, |_| async {}).await;
