@@ -31,7 +31,8 @@ bench_cleanup() {
   for pid in "${extra_pids[@]}" $server $sandbox; do
     wait "$pid" 2>/dev/null || true
   done
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  # KEEP_DB=1: leave the scratch database behind to look at (its name is printed at the start).
+  [ "${KEEP_DB:-0}" = 1 ] || psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   redis-cli --scan --pattern "bench_$$:*" 2>/dev/null | xargs -r redis-cli del >/dev/null 2>&1 || true
 }
 
@@ -42,6 +43,7 @@ bench_init() {
   [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet --bin ferry
   trap bench_cleanup EXIT
   psql "$admin" -qc "CREATE DATABASE $db"
+  [ "${KEEP_DB:-0}" = 1 ] && say "scratch database: $db (kept)"
   export DATABASE_URL="${admin%/*}/$db"
   export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
   export FERRY_REDIS_PREFIX="bench_$$"

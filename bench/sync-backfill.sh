@@ -28,6 +28,12 @@ connect_sandbox
 say "connected: $CONNECTION"
 
 pg_cpu_start=$(cpu_of_postgres)
+# The server's WAL and checkpoint counters (server-wide: other work on it shows up too).
+wal_stats() {
+  psql "$DATABASE_URL" -AtXqc "SELECT w.wal_bytes, w.wal_fpi, b.checkpoints_timed + b.checkpoints_req
+                                FROM pg_stat_wal w, pg_stat_bgwriter b"
+}
+IFS='|' read -r wal_bytes_start wal_fpi_start checkpoints_start < <(wal_stats)
 sandbox_cpu_start=$(cpu_of "$sandbox")
 samples="$work_dir/samples.csv"
 echo "t,done,rss_mb,hwm_mb" >"$samples"
@@ -86,5 +92,10 @@ awk -F, -v total="$fetched" 'NR > 1 { t[n] = $1; d[n] = $2; n++ } END {
 printf 'CPU seconds during the run: ferry %s, sandbox %s, postgres %s (elapsed %.1f s x 2 cores)\n' \
   "$(cpu_of "$server")" "$(echo "$(cpu_of "$sandbox") - $sandbox_cpu_start" | bc)" \
   "$(echo "$(cpu_of_postgres) - $pg_cpu_start" | bc)" "$elapsed"
+IFS='|' read -r wal_bytes wal_fpi checkpoints < <(wal_stats)
+printf 'WAL written: %.0f MB (%.0f bytes per record, %s full-page images); checkpoints: %s\n' \
+  "$(echo "($wal_bytes - $wal_bytes_start) / 1048576" | bc -l)" \
+  "$(echo "($wal_bytes - $wal_bytes_start) / $contacts" | bc -l)" \
+  "$((wal_fpi - wal_fpi_start))" "$((checkpoints - checkpoints_start))"
 printf 'ferry peak RSS (VmHWM): %s MB; RSS at the end: %s MB\n' "$hwm" "$rss"
 echo "samples: $samples"

@@ -33,8 +33,11 @@ pub const QUERY_CAP: i32 = 10_000;
 pub const OVERLAP: Duration = Duration::from_secs(30);
 /// How long a claimed poll stays claimed if its worker dies (renewed with every page).
 pub const LEASE: Duration = Duration::from_secs(60);
-/// Pages per job; then the job yields (re-enqueues itself) so other connections get a turn.
-pub const PAGES_PER_JOB: usize = 10;
+/// How long one job keeps paging (at least one page); then it yields (re-enqueues itself) so
+/// other connections get a turn. See docs/decisions.md.
+pub const JOB_SLICE: Duration = Duration::from_secs(2);
+/// Pages of one cursor written at once, each in its own transaction (see [`pages`]).
+pub const IN_FLIGHT: usize = 3;
 
 /// The CRM object and its last-modified property.
 pub fn object_of(kind: Kind) -> (&'static str, &'static str) {
@@ -94,7 +97,7 @@ async fn claim(tx: &mut TenantTx, connection: Uuid, kind: Kind) -> Result<Option
     }))
 }
 
-/// Runs a due poll of one connection and kind: up to [`PAGES_PER_JOB`] pages.
+/// Runs a due poll of one connection and kind: pages for up to [`JOB_SLICE`].
 pub async fn run(
     state: &AppState,
     tenant: TenantId,
@@ -135,6 +138,7 @@ async fn pages(
     kind: Kind,
     mut cursor: Cursor,
 ) -> Result<bool, (Failure, i32, Option<i64>)> {
+    let started = tokio::time::Instant::now();
     let failures = cursor.failures;
     let fail = move |f: Failure, run: Option<i64>| (f, failures, run);
     let client = super::client(state, tenant, connection)
@@ -200,19 +204,20 @@ async fn pages(
     };
     let (mut page, mut prepared) =
         joined(fetch(search_of(&cursor)).await).map_err(|e| fail(e, run))?;
-    // Pages are written two at a time, each in its own task and transaction: page N+1's records
-    // are written while page N's are; N+1 then waits, inside Postgres, for N's transaction to
-    // end (an advisory lock N holds), and moves the cursor and commits only if N committed. All
-    // waits between the two are lock waits Postgres sees, so should they ever deadlock (both
-    // touching one local record), Postgres breaks it and the job is retried from the last
-    // committed page. The page that starts a run commits before the next one starts (the next
-    // one's items name the run).
-    let mut older: Option<InFlight> = None;
-    for n in 1..=PAGES_PER_JOB {
+    // Up to IN_FLIGHT pages are written at once, each in its own task and transaction: page
+    // N+1's records are written while page N's are; N+1 then waits, inside Postgres, for N's
+    // transaction to end (an advisory lock N holds), and moves the cursor and commits only if N
+    // committed. All waits between them are lock waits Postgres sees, so should they ever
+    // deadlock (two pages touching one local record), Postgres breaks it and the job is retried
+    // from the last committed page. The page that starts a run commits before the next one
+    // starts (the next one's items name the run).
+    let mut flight: std::collections::VecDeque<InFlight> = std::collections::VecDeque::new();
+    loop {
         let step = advance(connection, kind, &mut cursor, &page);
         // The next page is fetched while this one is written (the position it starts from is
         // known before the write commits; if the write fails, the page is dropped).
-        let next = (!step.exhausted && n < PAGES_PER_JOB).then(|| fetch(search_of(&cursor)));
+        let share_left = started.elapsed() < JOB_SLICE;
+        let next = (!step.exhausted && share_left).then(|| fetch(search_of(&cursor)));
         let exhausted = step.exhausted;
         let alone = run.is_none() || exhausted;
         let current = spawn_page(
@@ -227,28 +232,25 @@ async fn pages(
                 step,
                 run_kind,
             },
-            older.as_ref(),
+            flight.back(),
         )
         .await;
-        // At most two pages in flight: the older one ends before another starts.
-        let mut settled = Ok(None);
-        if let Some(older) = older.take() {
-            settled = settle_page(&mut cursor, kind, older.handle.await);
-        }
-        if alone || settled.is_err() {
-            let committed = settle_page(&mut cursor, kind, current.handle.await);
-            settled = settled.and(committed);
-        } else {
-            older = Some(current);
-        }
-        match settled {
-            Ok(started) => run = run.or(started),
-            Err(err) => {
-                if let Some(next) = &next {
-                    next.abort();
+        flight.push_back(current);
+        // The oldest pages end before another starts, oldest first.
+        let keep = if alone { 0 } else { IN_FLIGHT - 1 };
+        while flight.len() > keep {
+            let Some(oldest) = flight.pop_front() else {
+                break;
+            };
+            match settle_page(&mut cursor, kind, oldest.handle.await) {
+                Ok(started) => run = run.or(started),
+                Err(err) => {
+                    if let Some(next) = &next {
+                        next.abort();
+                    }
+                    finish_pages(&mut flight, &mut cursor, kind).await;
+                    return Err(fail(err.into(), run));
                 }
-                finish_page(&mut older, &mut cursor, kind).await;
-                return Err(fail(err.into(), run));
             }
         }
         if exhausted {
@@ -258,14 +260,17 @@ async fn pages(
         match joined(next.await) {
             Ok(fetched) => (page, prepared) = fetched,
             Err(failure) => {
-                // The page already written is kept.
-                finish_page(&mut older, &mut cursor, kind).await;
+                // The pages already written are kept.
+                finish_pages(&mut flight, &mut cursor, kind).await;
                 return Err(fail(failure, run));
             }
         }
     }
-    if let Some(older) = older.take() {
-        settle_page(&mut cursor, kind, older.handle.await).map_err(|e| fail(e.into(), run))?;
+    while let Some(oldest) = flight.pop_front() {
+        if let Err(err) = settle_page(&mut cursor, kind, oldest.handle.await) {
+            finish_pages(&mut flight, &mut cursor, kind).await;
+            return Err(fail(err.into(), run));
+        }
     }
     // The job's share is used: let the poll be claimed again at once.
     let mut tx = state
@@ -446,13 +451,17 @@ fn settle_page(
     Ok(committed.run)
 }
 
-/// Lets the page still in flight end (commit, or roll back after a failed one before it) before
-/// the job gives up, so its cursor update cannot race the failure's.
-async fn finish_page(older: &mut Option<InFlight>, cursor: &mut Cursor, kind: Kind) {
-    if let Some(older) = older.take()
-        && let Err(err) = settle_page(cursor, kind, older.handle.await)
-    {
-        tracing::debug!(error = %err, "a page in flight was not written");
+/// Lets the pages still in flight end (commit, or roll back after a failed one before them)
+/// before the job gives up, so their cursor updates cannot race the failure's.
+async fn finish_pages(
+    flight: &mut std::collections::VecDeque<InFlight>,
+    cursor: &mut Cursor,
+    kind: Kind,
+) {
+    while let Some(page) = flight.pop_front() {
+        if let Err(err) = settle_page(cursor, kind, page.handle.await) {
+            tracing::debug!(error = %err, "a page in flight was not written");
+        }
     }
 }
 
