@@ -181,8 +181,8 @@ pub struct Change {
     pub after: String,
 }
 
-/// `{"field": {"before": .., "after": ..}}` → rows, in field order; sensitive values masked when
-/// `masked`.
+/// `{"field": {"before": .., "after": ..}}` → rows, in field order (a missing `before` is null:
+/// inbound items of new records leave it out); sensitive values masked when `masked`.
 pub fn changes(value: Option<&Value>, masked: bool) -> Vec<Change> {
     let Some(Value::Object(fields)) = value else {
         return Vec::new();

@@ -809,13 +809,18 @@ async fn delete_local(tx: &mut TenantTx, ctx: &Context, id: Uuid) -> Result<Done
     })
 }
 
+/// A history item's changes: `{"field": {"before": .., "after": ..}}`, where a `before` that was
+/// null (every field of a new record) is left out; readers take a missing `before` as null. A
+/// backfill writes one of these per record, so it is kept small.
 fn changes_json(changes: &[crate::mapping::FieldChange]) -> Json {
     let mut out = Map::new();
     for change in changes {
-        out.insert(
-            change.field.to_string(),
-            json!({ "before": change.previous, "after": change.value }),
-        );
+        let mut sides = Map::new();
+        if !change.previous.is_null() {
+            sides.insert("before".into(), change.previous.clone());
+        }
+        sides.insert("after".into(), change.value.clone());
+        out.insert(change.field.to_string(), Json::Object(sides));
     }
     Json::Object(out)
 }

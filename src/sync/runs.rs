@@ -238,7 +238,7 @@ pub async fn record_items(
     let classes: Vec<Option<&str>> = items.iter().map(|i| i.error_class).collect();
     let errors: Vec<Option<String>> = items.iter().map(|i| i.error.clone()).collect();
     let versions: Vec<Option<i32>> = items.iter().map(|i| i.mapping_version).collect();
-    let changes: Vec<Option<Json>> = items.iter().map(|i| i.changes.clone()).collect();
+    let changes: Vec<Option<&Json>> = items.iter().map(|i| i.changes.as_ref()).collect();
     let latencies: Vec<Option<i32>> = items.iter().map(|i| i.latency_ms).collect();
     sqlx::query!(
         "INSERT INTO sync_items (tenant_id, run_id, connection_id, object, direction, record_id,
@@ -259,7 +259,7 @@ pub async fn record_items(
         &classes as &[Option<&str>],
         &errors as &[Option<String>],
         &versions as &[Option<i32>],
-        &changes as &[Option<Json>],
+        &changes as &[Option<&Json>],
         &latencies as &[Option<i32>]
     )
     .execute(&mut **tx)

@@ -87,19 +87,21 @@ pub async fn list(
         .iter()
         .map(|r| record_json(&schema, r, &keys))
         .collect();
-    let mut body = json!({ "results": results });
-    if let (Some(next), Some(map)) = (next, body.as_object_mut()) {
+    // Not `json!`: it would copy the results through serde.
+    let mut body = serde_json::Map::with_capacity(2);
+    body.insert("results".into(), Value::Array(results));
+    if let Some(next) = next {
         let link = format!(
             "{}/crm/v3/objects/{}?after={next}",
             base_url(&headers),
             kind.plural()
         );
-        map.insert(
+        body.insert(
             "paging".into(),
             json!({ "next": { "after": next.to_string(), "link": link } }),
         );
     }
-    Ok(Json(body).into_response())
+    Ok(Json(Value::Object(body)).into_response())
 }
 
 pub async fn get_one(

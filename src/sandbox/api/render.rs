@@ -1,7 +1,7 @@
 //! Records as HubSpot returns them, and the shared bits of request bodies.
 
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::sandbox::error::ApiError;
 use crate::sandbox::model::associations::target_of;
@@ -32,17 +32,18 @@ pub fn record_json(schema: &Schema, record: &Record, keys: &[PropKey]) -> Value 
             properties.insert(def.name.clone(), value);
         }
     }
-    let mut out = json!({
-        "id": record.id.to_string(),
-        "properties": properties,
-        "createdAt": iso_ms(record.created_ms),
-        "updatedAt": iso_ms(record.updated_ms),
-        "archived": record.archived_ms.is_some(),
-    });
-    if let (Some(at), Some(map)) = (record.archived_ms, out.as_object_mut()) {
-        map.insert("archivedAt".into(), Value::String(iso_ms(at)));
+    // Built field by field: `json!` would copy `properties` through serde (a search renders
+    // up to 200 of these per page).
+    let mut out = Map::with_capacity(6);
+    out.insert("id".into(), Value::String(record.id.to_string()));
+    out.insert("properties".into(), Value::Object(properties));
+    out.insert("createdAt".into(), Value::String(iso_ms(record.created_ms)));
+    out.insert("updatedAt".into(), Value::String(iso_ms(record.updated_ms)));
+    out.insert("archived".into(), Value::Bool(record.archived_ms.is_some()));
+    if let Some(at) = record.archived_ms {
+        out.insert("archivedAt".into(), Value::String(iso_ms(at)));
     }
-    out
+    Value::Object(out)
 }
 
 /// An id given as a string or a number.

@@ -50,17 +50,17 @@ pub async fn execute(
         .map(|r| record_json(&snapshot.schema, r, &query.keys))
         .collect();
     let next = query.after + results.len();
-    let mut body = json!({ "total": page.total, "results": results });
-    if !page.records.is_empty()
-        && next < page.total
-        && let Some(map) = body.as_object_mut()
-    {
-        map.insert(
+    // Not `json!`: it would copy the results through serde.
+    let mut body = serde_json::Map::with_capacity(3);
+    body.insert("total".into(), Value::from(page.total));
+    body.insert("results".into(), Value::Array(results));
+    if !page.records.is_empty() && next < page.total {
+        body.insert(
             "paging".into(),
             json!({ "next": { "after": next.to_string() } }),
         );
     }
-    Ok(body)
+    Ok(Value::Object(body))
 }
 
 pub async fn search(
