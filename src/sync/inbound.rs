@@ -837,3 +837,44 @@ fn field_errors(errors: &[crate::mapping::RuleError]) -> Option<Failure> {
             .join("; "),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::mapping::{FieldChange, LocalField};
+
+    fn change(field: &str, previous: Json, value: Json) -> FieldChange {
+        FieldChange {
+            field: LocalField::new(field),
+            value,
+            previous,
+            rule: 0,
+        }
+    }
+
+    #[test]
+    fn history_changes_leave_out_null_befores_and_read_back_the_same() {
+        let changes = changes_json(&[
+            change("email", Json::Null, json!("ada@example.com")),
+            change("company", json!("Initech"), json!("Engines")),
+            change("phone", json!("+1-555-7224"), Json::Null),
+        ]);
+        assert_eq!(
+            changes,
+            json!({
+                "email": {"after": "ada@example.com"},
+                "company": {"before": "Initech", "after": "Engines"},
+                "phone": {"before": "+1-555-7224", "after": null},
+            })
+        );
+        // The history pages show a left-out `before` as they show a null one.
+        let shown = crate::history::changes(Some(&changes), false);
+        let email = shown.iter().find(|c| c.field == "email").expect("email");
+        assert_eq!(
+            (email.before.as_str(), email.after.as_str()),
+            ("—", "ada@example.com")
+        );
+    }
+}

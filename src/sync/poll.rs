@@ -236,22 +236,13 @@ async fn pages(
         )
         .await;
         flight.push_back(current);
-        // The oldest pages end before another starts, oldest first.
+        // The oldest pages end before another starts.
         let keep = if alone { 0 } else { IN_FLIGHT - 1 };
-        while flight.len() > keep {
-            let Some(oldest) = flight.pop_front() else {
-                break;
-            };
-            match settle_page(&mut cursor, kind, oldest.handle.await) {
-                Ok(started) => run = run.or(started),
-                Err(err) => {
-                    if let Some(next) = &next {
-                        next.abort();
-                    }
-                    finish_pages(&mut flight, &mut cursor, kind).await;
-                    return Err(fail(err.into(), run));
-                }
+        if let Err(err) = settle_oldest(&mut flight, keep, &mut cursor, kind, &mut run).await {
+            if let Some(next) = &next {
+                next.abort();
             }
+            return Err(fail(err.into(), run));
         }
         if exhausted {
             return Ok(false);
@@ -266,12 +257,9 @@ async fn pages(
             }
         }
     }
-    while let Some(oldest) = flight.pop_front() {
-        if let Err(err) = settle_page(&mut cursor, kind, oldest.handle.await) {
-            finish_pages(&mut flight, &mut cursor, kind).await;
-            return Err(fail(err.into(), run));
-        }
-    }
+    settle_oldest(&mut flight, 0, &mut cursor, kind, &mut run)
+        .await
+        .map_err(|e| fail(e.into(), run))?;
     // The job's share is used: let the poll be claimed again at once.
     let mut tx = state
         .db
@@ -449,6 +437,30 @@ fn settle_page(
         cursor.backfilled = true;
     }
     Ok(committed.run)
+}
+
+/// Lets the oldest pages in flight end, oldest first, until at most `keep` remain; `run` takes
+/// the run a page started. On the first page not written, lets the others end too (see
+/// [`finish_pages`]) and returns why.
+async fn settle_oldest(
+    flight: &mut std::collections::VecDeque<InFlight>,
+    keep: usize,
+    cursor: &mut Cursor,
+    kind: Kind,
+    run: &mut Option<i64>,
+) -> Result<(), Error> {
+    while flight.len() > keep
+        && let Some(oldest) = flight.pop_front()
+    {
+        match settle_page(cursor, kind, oldest.handle.await) {
+            Ok(started) => *run = run.or(started),
+            Err(err) => {
+                finish_pages(flight, cursor, kind).await;
+                return Err(err);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lets the pages still in flight end (commit, or roll back after a failed one before them)

@@ -372,6 +372,19 @@ impl Synced {
         .expect("letters")
     }
 
+    /// History items of the connection: all of them, or those with `action`.
+    pub async fn item_count(&self, action: Option<&str>) -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM sync_items
+             WHERE connection_id = $1 AND ($2::text IS NULL OR action = $2)",
+        )
+        .bind(self.connection)
+        .bind(action)
+        .fetch_one(self.pool())
+        .await
+        .expect("items")
+    }
+
     pub async fn local_count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM {table} WHERE tenant_id = $1 AND deleted_at IS NULL"
@@ -627,18 +640,13 @@ async fn past_the_search_cap_through_a_killed_worker_and_a_flushed_redis_nothing
     assert_eq!(synced.local_count("contacts").await, 10_400);
     synced.assert_contacts_equal().await;
     // Each CRM contact was created once: no duplicates from the restart or the cap's restart.
-    let created: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sync_items WHERE connection_id = $1 AND action = 'created'",
-    )
-    .bind(synced.connection)
-    .fetch_one(synced.pool())
-    .await
-    .expect("items");
+    let created = synced.item_count(Some("created")).await;
     assert_eq!(created, 10_400);
 }
 
-/// Pages are written two at a time, but commit in order: when page N fails, page N+1 (written
-/// meanwhile, waiting on N) rolls back with it, and the cursor stays after page N-1.
+/// Pages are written several at a time (`poll::IN_FLIGHT`), but commit in order: when page N
+/// fails, the pages written meanwhile (waiting on N) roll back with it, and the cursor stays
+/// after page N-1.
 #[tokio::test]
 async fn a_page_written_beside_a_failed_one_does_not_commit_before_it() {
     let mut synced = Synced::start_idle(1_000, 0, 0).await;
@@ -690,14 +698,7 @@ async fn a_page_written_beside_a_failed_one_does_not_commit_before_it() {
         .await
         .expect("cursor")
     };
-    let items = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM sync_items WHERE connection_id = $1")
-            .bind(synced.connection)
-            .fetch_one(synced.pool())
-            .await
-            .expect("items")
-    };
-    // Two failed attempts: each time page 3 was written beside page 2 (see `poll::pages`). The
+    // Two failed attempts: each time pages after 2 were written beside it (see `poll::pages`). The
     // cursor records the class of the failure, not Postgres's message (it may quote a record).
     let failed_twice =
         eventually(Duration::from_secs(60), || async { cursor().await.0 >= 2 }).await;
@@ -710,10 +711,10 @@ async fn a_page_written_beside_a_failed_one_does_not_commit_before_it() {
         error.as_deref().is_some_and(|e| e.contains("database")),
         "{error:?}"
     );
-    // Only page 1 committed: none of page 3's records, items or cursor position.
+    // Only page 1 committed: none of the later pages' records, items or cursor position.
     assert_eq!(done, 200);
     assert_eq!(synced.local_count("contacts").await, 200);
-    assert_eq!(items().await, 200);
+    assert_eq!(synced.item_count(None).await, 200);
     // Postgres accepts the contact again: the backfill resumes after page 1, nothing doubled.
     sqlx::raw_sql(
         "DROP TRIGGER refuse_one_contact ON contacts; DROP FUNCTION refuse_one_contact();",
@@ -724,13 +725,7 @@ async fn a_page_written_beside_a_failed_one_does_not_commit_before_it() {
     synced.wait_backfilled(Duration::from_secs(120)).await;
     assert_eq!(synced.local_count("contacts").await, 1_000);
     synced.assert_contacts_equal().await;
-    let created: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM sync_items WHERE connection_id = $1 AND action = 'created'",
-    )
-    .bind(synced.connection)
-    .fetch_one(synced.pool())
-    .await
-    .expect("items");
+    let created = synced.item_count(Some("created")).await;
     assert_eq!(created, 1_000);
     assert!(
         synced.letters().await.is_empty(),
