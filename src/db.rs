@@ -154,6 +154,16 @@ pub async fn advisory_lock(tx: &mut TenantTx, key: &str) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// The shared form of [`advisory_lock`]: transactions holding it shared run side by side, and
+/// one taking it with [`advisory_lock`] waits for all of them (and they for it).
+pub async fn advisory_lock_shared(tx: &mut TenantTx, key: &str) -> Result<(), sqlx::Error> {
+    let lock = lock_id(key);
+    sqlx::query!("SELECT pg_advisory_xact_lock_shared($1)", lock)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// The 64-bit advisory lock id of a key (the first 8 bytes of its SHA-256).
 pub fn lock_id(key: &str) -> i64 {
     use sha2::{Digest, Sha256};

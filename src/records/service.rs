@@ -213,12 +213,14 @@ pub async fn create_with_id(
 
 /// Creates many records of one kind with ids chosen by the caller, each as [`create_with_id`]
 /// would (version 1, an outbox row naming its fields), in a few statements: contacts in one
-/// insert, and the outbox rows of all in one.
+/// insert, and the outbox rows of all in one. Without `outbox` no outbox rows are written: for
+/// a sync's own records when nothing else reads them (see `sync::control::others_read_outbox`).
 pub async fn create_many(
     tx: &mut TenantTx,
     kind: Kind,
     rows: &[(Uuid, &Fields)],
     origin: &str,
+    outbox: bool,
 ) -> Result<(), Error> {
     if rows.is_empty() {
         return Ok(());
@@ -230,6 +232,9 @@ pub async fn create_many(
                 store::insert(tx, kind, *id, fields, origin).await?;
             }
         }
+    }
+    if !outbox {
+        return Ok(());
     }
     let changed: Vec<Vec<String>> = rows.iter().map(|(_, f)| f.present(kind)).collect();
     let changes: Vec<Change<'_>> = rows

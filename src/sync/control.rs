@@ -38,6 +38,9 @@ pub async fn ensure(tx: &mut TenantTx, connection: Uuid) -> Result<(), Error> {
     )
     .execute(&mut **tx)
     .await?;
+    // Its place is the end of the outbox as this statement sees it: no inbound write that
+    // decided nobody else reads the outbox (see [`others_read_outbox`]) may still be running.
+    crate::db::advisory_lock(tx, &readers_lock(tenant)).await?;
     sqlx::query!(
         "INSERT INTO sync_connections (tenant_id, connection_id, outbox_tx, outbox_position)
          VALUES ($1, $2, pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1,
@@ -49,6 +52,34 @@ pub async fn ensure(tx: &mut TenantTx, connection: Uuid) -> Result<(), Error> {
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn readers_lock(tenant: crate::tenancy::TenantId) -> String {
+    format!("outbox-readers:{tenant}")
+}
+
+/// Whether a connection of the tenant other than `connection` reads the outbox, i.e. whether
+/// a change `connection`'s own sync makes must be written there for another CRM to receive it.
+/// (Its own dispatcher passes over such changes, and `newest_wins` dates fields by the other
+/// origins' changes only.)
+///
+/// Holds, until `tx` ends, a shared lock that [`ensure`] takes exclusively: a connection made
+/// meanwhile starts its place in the outbox after this transaction, so the changes it left out
+/// are not ones the new connection would have read.
+pub async fn others_read_outbox(tx: &mut TenantTx, connection: Uuid) -> Result<bool, Error> {
+    let tenant = tx.tenant_id();
+    // Locked first, read in a statement of its own: a statement's snapshot is taken when it
+    // starts, so one that waited for the lock would not see the connection made meanwhile.
+    crate::db::advisory_lock_shared(tx, &readers_lock(tenant)).await?;
+    let others = sqlx::query_scalar!(
+        "SELECT EXISTS (SELECT 1 FROM sync_connections
+                        WHERE tenant_id = $1 AND connection_id <> $2) AS \"others!\"",
+        tenant.0,
+        connection
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(others)
 }
 
 /// Makes the next poll of `kind` (or of every kind) due now and clears its failure backoff.

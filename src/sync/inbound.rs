@@ -582,7 +582,11 @@ async fn create_pending(
         .filter(|(row, _)| linked.contains(&row.key))
         .map(|(row, id)| (*id, &row.fields))
         .collect();
-    service::create_many(tx, ctx.kind, &creates, &ctx.origin).await?;
+    // A backfill's records come from the CRM: its own dispatcher would only pass their outbox
+    // rows over, so they are written only when another connection of the tenant reads them.
+    let outbox =
+        !creates.is_empty() && super::control::others_read_outbox(tx, ctx.connection).await?;
+    service::create_many(tx, ctx.kind, &creates, &ctx.origin, outbox).await?;
     let share = started.elapsed() / rows.len().max(1) as u32;
     for (row, id) in rows.into_iter().zip(ids) {
         let record = &records[row.record];
@@ -729,7 +733,7 @@ async fn apply_one(
         current.fields.to_json(kind),
         current.updated_at,
     );
-    local.field_times = field_times(tx, kind, id).await?;
+    local.field_times = field_times(tx, kind, id, &ctx.origin, key).await?;
     let mapped = apply_inbound(&remote, &ctx.mapping.mapping, Some(&local));
     if matched {
         links::attach(tx, key, kind, id).await?;
@@ -758,33 +762,55 @@ async fn apply_one(
     })
 }
 
-/// When each field of a local record last changed, from the outbox (every committed change
-/// names its fields). A field no change ever named has never held a value of Ferry's own: it
-/// counts as changed at the beginning of time, so `newest_wins` lets the CRM's value in.
+/// When each field of a local record last changed, as `newest_wins` compares it with the CRM
+/// record `key` (see docs/decisions.md):
+/// - changes of other origins than this connection's sync, from the outbox (every committed
+///   change names its fields), at Ferry's time of the change;
+/// - every field no later than the newest CRM modification Ferry applied from the record's
+///   other links (CRM duplicates joined by email, merged records): their values count at their
+///   CRM's time, so applying one duplicate again does not overturn a newer one;
+/// - otherwise the beginning of time, so the CRM's value comes in.
+///
+/// A value this connection's CRM gave is not dated by Ferry's commit of it: so dated, a CRM edit
+/// made between Ferry's read and that commit lost to the older value it replaced.
 async fn field_times(
     tx: &mut TenantTx,
     kind: Kind,
     id: Uuid,
+    origin: &str,
+    key: &str,
 ) -> Result<std::collections::BTreeMap<String, DateTime<Utc>>, Error> {
     let tenant = tx.tenant_id();
+    let others = sqlx::query_scalar!(
+        "SELECT max(remote_updated_at) FROM external_links
+         WHERE tenant_id = $1 AND record_kind = $2 AND record_id = $3 AND key <> $4",
+        tenant.0,
+        kind.as_str(),
+        id,
+        key
+    )
+    .fetch_one(&mut **tx)
+    .await?
+    .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let rows = sqlx::query!(
         "SELECT f.field AS \"field!\", max(o.created_at) AS \"at!\"
          FROM outbox o, unnest(o.changed_fields) AS f(field)
-         WHERE o.tenant_id = $1 AND o.record_kind = $2 AND o.record_id = $3
+         WHERE o.tenant_id = $1 AND o.record_kind = $2 AND o.record_id = $3 AND o.origin <> $4
          GROUP BY f.field",
         tenant.0,
         kind.as_str(),
-        id
+        id,
+        origin
     )
     .fetch_all(&mut **tx)
     .await?;
     let mut times: std::collections::BTreeMap<String, DateTime<Utc>> =
         crate::records::fields::specs(kind)
             .iter()
-            .map(|spec| (spec.name.to_string(), DateTime::<Utc>::UNIX_EPOCH))
+            .map(|spec| (spec.name.to_string(), others))
             .collect();
     for row in rows {
-        times.insert(row.field, row.at);
+        times.insert(row.field, row.at.max(others));
     }
     Ok(times)
 }

@@ -1620,7 +1620,8 @@ async fn one_tenants_backfill_does_not_starve_another_tenant() {
 /// one at a time gives: a contact whose email Ferry has joins that contact, a second CRM contact
 /// with the email of one created earlier in the page joins it, a record given twice is one
 /// record, one whose email the mapping refuses is created without it and dead-lettered, and the
-/// rest are created, each with its link and its outbox row.
+/// rest are created, each with its link (and no outbox row: nothing but the connection itself
+/// would read it, see the next test).
 #[tokio::test]
 async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
     use ferry::connectors::hubspot::client::Record;
@@ -1740,29 +1741,8 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
     .await
     .expect("links");
     assert_eq!(owned, 7);
-    // One outbox row per record created, naming its fields, marked as the connection's own.
-    let creates: Vec<(Uuid, Vec<String>)> = sqlx::query_as(
-        "SELECT record_id, changed_fields FROM outbox
-         WHERE tenant_id = $1 AND operation = 'create' AND origin = $2 ORDER BY id",
-    )
-    .bind(synced.tenant.0)
-    .bind(inbound::origin(synced.connection))
-    .fetch_all(synced.pool())
-    .await
-    .expect("outbox");
-    let expected: Vec<Option<Uuid>> = ["901", "903", "905", "906", "907"]
-        .iter()
-        .map(|r| record_of(r))
-        .collect();
-    assert_eq!(
-        creates.iter().map(|(id, _)| Some(*id)).collect::<Vec<_>>(),
-        expected
-    );
-    assert_eq!(
-        creates[0].1,
-        vec!["email".to_string(), "first_name".to_string()]
-    );
-    assert_eq!(creates[4].1, vec!["first_name".to_string()]);
+    // The tenant's only connection would pass its own creates over: none is in the outbox.
+    assert_eq!(own_creates(&synced, synced.connection).await, vec![]);
 
     // Applying the same page again changes nothing and creates nothing.
     let mut tx = synced
@@ -1786,6 +1766,180 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
         again.items.iter().map(|i| i.action).collect::<Vec<_>>()
     );
     assert_eq!(synced.local_count("contacts").await, 6);
+}
+
+/// The outbox rows of creates a connection's sync made: (record, fields named), in order.
+async fn own_creates(synced: &Synced, connection: Uuid) -> Vec<(Uuid, Vec<String>)> {
+    sqlx::query_as(
+        "SELECT record_id, changed_fields FROM outbox
+         WHERE tenant_id = $1 AND operation = 'create' AND origin = $2 ORDER BY id",
+    )
+    .bind(synced.tenant.0)
+    .bind(ferry::sync::inbound::origin(connection))
+    .fetch_all(synced.pool())
+    .await
+    .expect("outbox")
+}
+
+/// A CRM contact: `firstname` and `email`, modified at `at`.
+fn crm_contact(
+    id: &str,
+    email: &str,
+    first: &str,
+    at: &str,
+) -> ferry::connectors::hubspot::client::Record {
+    ferry::connectors::hubspot::client::Record {
+        id: id.to_string(),
+        properties: BTreeMap::from([
+            ("email".to_string(), Some(email.to_string())),
+            ("firstname".to_string(), Some(first.to_string())),
+            ("lastmodifieddate".to_string(), Some(at.to_string())),
+        ]),
+        created_at: Some(at.to_string()),
+        updated_at: Some(at.to_string()),
+        archived: false,
+    }
+}
+
+/// Applies CRM contacts as a poll page of `connection` would, in a transaction of its own.
+async fn apply_contacts(
+    synced: &Synced,
+    connection: Uuid,
+    records: &[ferry::connectors::hubspot::client::Record],
+) -> ferry::sync::inbound::Applied {
+    use ferry::records::Kind;
+    use ferry::sync::inbound;
+    let mut tx = synced
+        .setup
+        .app
+        .state
+        .db
+        .tenant(synced.tenant)
+        .await
+        .expect("tx");
+    let mapping = ferry::mapping::versions::current(&mut tx, connection, "hubspot", Kind::Contact)
+        .await
+        .expect("mapping");
+    let ctx = inbound::Context {
+        connection,
+        kind: Kind::Contact,
+        family: "hubspot".into(),
+        mapping,
+        origin: inbound::origin(connection),
+        force: false,
+    };
+    let applied = inbound::apply(&mut tx, &ctx, records).await.expect("apply");
+    tx.commit().await.expect("commit");
+    applied
+}
+
+/// With a second connection, a page's creates are in the outbox for it to push. A connection
+/// made while a page that wrote none is being written starts its place after that page. And a
+/// value the CRM gave does not outdate the CRM's own later edit (the default mapping resolves
+/// conflicts with `newest_wins`): a CRM edit made before Ferry committed the value it replaces
+/// still wins.
+#[tokio::test]
+async fn creates_reach_the_outbox_only_for_other_connections_and_never_outdate_crm_edits() {
+    use ferry::sync::runs::Action;
+
+    let synced = Synced::start_idle(0, 0, 0).await;
+    let alone = apply_contacts(
+        &synced,
+        synced.connection,
+        &[crm_contact(
+            "801",
+            "alone@ferry.test",
+            "Alone",
+            "2024-03-01T10:00:00.000Z",
+        )],
+    )
+    .await;
+    assert_eq!(alone.items[0].action, Action::Created);
+    assert_eq!(own_creates(&synced, synced.connection).await, vec![]);
+
+    // A second portal of the same tenant.
+    let answer = connect(&synced.setup, &synced.owner, 1, true).await;
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+    let second: Uuid = sqlx::query_scalar("SELECT id FROM connections WHERE id <> $1")
+        .bind(synced.connection)
+        .fetch_one(synced.pool())
+        .await
+        .expect("second connection");
+
+    let page = apply_contacts(
+        &synced,
+        synced.connection,
+        &[
+            crm_contact(
+                "811",
+                "eleven@ferry.test",
+                "Eleven",
+                "2024-03-01T10:00:00.000Z",
+            ),
+            crm_contact(
+                "812",
+                "twelve@ferry.test",
+                "Twelve",
+                "2024-03-01T10:00:00.000Z",
+            ),
+        ],
+    )
+    .await;
+    let ids: Vec<Uuid> = page.items.iter().filter_map(|i| i.record_id).collect();
+    assert_eq!(ids.len(), 2);
+    let fields = vec!["email".to_string(), "first_name".to_string()];
+    assert_eq!(
+        own_creates(&synced, synced.connection).await,
+        vec![(ids[0], fields.clone()), (ids[1], fields)]
+    );
+
+    // The CRM edited 811 a day after the value Ferry has, long before Ferry wrote that value
+    // (today): the edit is the newer one.
+    let edited = apply_contacts(
+        &synced,
+        synced.connection,
+        &[crm_contact(
+            "811",
+            "eleven@ferry.test",
+            "Eleven Edited",
+            "2024-03-02T10:00:00.000Z",
+        )],
+    )
+    .await;
+    assert_eq!(edited.items[0].action, Action::Updated);
+    let first: Option<String> = sqlx::query_scalar("SELECT first_name FROM contacts WHERE id = $1")
+        .bind(ids[0])
+        .fetch_one(synced.pool())
+        .await
+        .expect("contact");
+    assert_eq!(first.as_deref(), Some("Eleven Edited"));
+
+    // A page that found no other reader holds the readers' lock until it commits: the second
+    // connection, made again meanwhile, waits (its place in the outbox, the end as it sees it,
+    // is then after the page).
+    sqlx::query("DELETE FROM sync_connections WHERE connection_id = $1")
+        .bind(second)
+        .execute(synced.pool())
+        .await
+        .expect("forget the second connection's place");
+    let state = synced.setup.app.state.clone();
+    let mut page_tx = state.db.tenant(synced.tenant).await.expect("tx");
+    let others = ferry::sync::control::others_read_outbox(&mut page_tx, synced.connection)
+        .await
+        .expect("readers");
+    assert!(!others);
+    let tenant = synced.tenant;
+    let made = tokio::spawn(async move {
+        let mut tx = state.db.tenant(tenant).await.expect("tx");
+        ferry::sync::control::ensure(&mut tx, second)
+            .await
+            .expect("ensure");
+        tx.commit().await.expect("commit");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!made.is_finished(), "the connection waits for the page");
+    page_tx.commit().await.expect("commit the page");
+    made.await.expect("made");
 }
 
 /// Outbox rows are numbered when they are written, but transactions commit in any order: a

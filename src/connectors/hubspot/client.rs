@@ -150,6 +150,18 @@ pub struct BatchOutcome {
     pub errors: Vec<Json>,
 }
 
+/// The body of a batch call: `{"inputs": [...]}`.
+#[derive(Serialize)]
+struct Inputs<'a, T> {
+    inputs: &'a [T],
+}
+
+/// A batch input naming a record: `{"id": "..."}`.
+#[derive(Serialize)]
+struct Id<'a> {
+    id: &'a str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchInput {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,11 +262,11 @@ impl Client {
         }
     }
 
-    async fn call<T: DeserializeOwned>(
+    async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Json>,
+        body: Option<&B>,
         bucket: Bucket,
     ) -> Result<(StatusCode, T), ApiError> {
         self.limiter.acquire(&self.account, bucket).await?;
@@ -386,18 +398,21 @@ impl Client {
             results: Vec<Record>,
             paging: Option<Paging>,
         }
-        let (_, answer): (_, Answer) = self.call(Method::GET, &path, None, Bucket::General).await?;
+        let (_, answer): (_, Answer) = self
+            .call(Method::GET, &path, None::<&Json>, Bucket::General)
+            .await?;
         Ok(Page {
             results: answer.results,
             after: answer.paging.and_then(|p| p.next).map(|n| n.after),
         })
     }
 
-    async fn batch(
+    /// A batch call; `body` is serialised straight into the request (no `Json` copy of it).
+    async fn batch<B: Serialize + ?Sized>(
         &self,
         object: &str,
         action: &str,
-        body: Json,
+        body: &B,
     ) -> Result<BatchOutcome, ApiError> {
         #[derive(Deserialize)]
         struct Item {
@@ -417,7 +432,7 @@ impl Client {
             .call(
                 Method::POST,
                 &format!("/crm/v3/objects/{object}/batch/{action}"),
-                Some(&body),
+                Some(body),
                 Bucket::General,
             )
             .await?;
@@ -456,13 +471,14 @@ impl Client {
         properties: &[String],
     ) -> Result<BatchOutcome, ApiError> {
         Self::check_batch_size(ids.len())?;
-        let inputs: Vec<Json> = ids.iter().map(|id| json!({ "id": id })).collect();
-        self.batch(
-            object,
-            "read",
-            json!({ "inputs": inputs, "properties": properties }),
-        )
-        .await
+        #[derive(Serialize)]
+        struct Read<'a> {
+            inputs: Vec<Id<'a>>,
+            properties: &'a [String],
+        }
+        let inputs = ids.iter().map(|id| Id { id }).collect();
+        self.batch(object, "read", &Read { inputs, properties })
+            .await
     }
 
     pub async fn batch_create(
@@ -471,11 +487,17 @@ impl Client {
         inputs: &[BatchInput],
     ) -> Result<BatchOutcome, ApiError> {
         Self::check_batch_size(inputs.len())?;
-        let inputs: Vec<Json> = inputs
+        #[derive(Serialize)]
+        struct Create<'a> {
+            properties: &'a BTreeMap<String, String>,
+        }
+        let inputs: Vec<Create<'_>> = inputs
             .iter()
-            .map(|i| json!({ "properties": i.properties }))
+            .map(|i| Create {
+                properties: &i.properties,
+            })
             .collect();
-        self.batch(object, "create", json!({ "inputs": inputs }))
+        self.batch(object, "create", &Inputs { inputs: &inputs })
             .await
     }
 
@@ -485,8 +507,7 @@ impl Client {
         inputs: &[BatchInput],
     ) -> Result<BatchOutcome, ApiError> {
         Self::check_batch_size(inputs.len())?;
-        self.batch(object, "update", json!({ "inputs": inputs }))
-            .await
+        self.batch(object, "update", &Inputs { inputs }).await
     }
 
     /// Upsert by a unique property (`email` for contacts).
@@ -496,14 +517,13 @@ impl Client {
         inputs: &[BatchInput],
     ) -> Result<BatchOutcome, ApiError> {
         Self::check_batch_size(inputs.len())?;
-        self.batch(object, "upsert", json!({ "inputs": inputs }))
-            .await
+        self.batch(object, "upsert", &Inputs { inputs }).await
     }
 
     pub async fn batch_archive(&self, object: &str, ids: &[String]) -> Result<(), ApiError> {
         Self::check_batch_size(ids.len())?;
-        let inputs: Vec<Json> = ids.iter().map(|id| json!({ "id": id })).collect();
-        self.batch(object, "archive", json!({ "inputs": inputs }))
+        let inputs: Vec<Id<'_>> = ids.iter().map(|id| Id { id }).collect();
+        self.batch(object, "archive", &Inputs { inputs: &inputs })
             .await
             .map(|_| ())
     }
@@ -530,7 +550,7 @@ impl Client {
             .call(
                 Method::GET,
                 &format!("/crm/v3/properties/{object}"),
-                None,
+                None::<&Json>,
                 Bucket::General,
             )
             .await?;
@@ -550,7 +570,7 @@ impl Client {
             .call(
                 Method::GET,
                 "/crm/v3/pipelines/deals",
-                None,
+                None::<&Json>,
                 Bucket::General,
             )
             .await?;
@@ -566,7 +586,9 @@ impl Client {
         to_id: &str,
     ) -> Result<(), ApiError> {
         let path = format!("/crm/v4/objects/{from}/{from_id}/associations/default/{to}/{to_id}");
-        let _: (_, Json) = self.call(Method::PUT, &path, None, Bucket::General).await?;
+        let _: (_, Json) = self
+            .call(Method::PUT, &path, None::<&Json>, Bucket::General)
+            .await?;
         Ok(())
     }
 
@@ -586,12 +608,12 @@ impl Client {
                 retry_after: None,
             });
         }
-        let inputs: Vec<Json> = ids.iter().map(|id| json!({ "id": id })).collect();
+        let inputs: Vec<Id<'_>> = ids.iter().map(|id| Id { id }).collect();
         let (_, answer): (_, Json) = self
             .call(
                 Method::POST,
                 &format!("/crm/v4/associations/{from}/{to}/batch/read"),
-                Some(&json!({ "inputs": inputs })),
+                Some(&Inputs { inputs: &inputs }),
                 Bucket::General,
             )
             .await?;
