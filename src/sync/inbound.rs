@@ -781,36 +781,39 @@ async fn field_times(
     key: &str,
 ) -> Result<std::collections::BTreeMap<String, DateTime<Utc>>, Error> {
     let tenant = tx.tenant_id();
-    let others = sqlx::query_scalar!(
-        "SELECT max(remote_updated_at) FROM external_links
-         WHERE tenant_id = $1 AND record_kind = $2 AND record_id = $3 AND key <> $4",
-        tenant.0,
-        kind.as_str(),
-        id,
-        key
-    )
-    .fetch_one(&mut **tx)
-    .await?
-    .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
+    // One round trip: the other links' newest CRM time (the row without a field), then each
+    // field's newest change of another origin.
     let rows = sqlx::query!(
-        "SELECT f.field AS \"field!\", max(o.created_at) AS \"at!\"
+        "SELECT NULL::text AS field, max(l.remote_updated_at) AS at
+         FROM external_links l
+         WHERE l.tenant_id = $1 AND l.record_kind = $2 AND l.record_id = $3 AND l.key <> $5
+         UNION ALL
+         SELECT f.field, max(o.created_at)
          FROM outbox o, unnest(o.changed_fields) AS f(field)
          WHERE o.tenant_id = $1 AND o.record_kind = $2 AND o.record_id = $3 AND o.origin <> $4
          GROUP BY f.field",
         tenant.0,
         kind.as_str(),
         id,
-        origin
+        origin,
+        key
     )
     .fetch_all(&mut **tx)
     .await?;
+    let others = rows
+        .iter()
+        .find(|r| r.field.is_none())
+        .and_then(|r| r.at)
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
     let mut times: std::collections::BTreeMap<String, DateTime<Utc>> =
         crate::records::fields::specs(kind)
             .iter()
             .map(|spec| (spec.name.to_string(), others))
             .collect();
     for row in rows {
-        times.insert(row.field, row.at.max(others));
+        if let (Some(field), Some(at)) = (row.field, row.at) {
+            times.insert(field, at.max(others));
+        }
     }
     Ok(times)
 }

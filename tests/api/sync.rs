@@ -147,6 +147,17 @@ impl Synced {
         }
     }
 
+    /// A transaction of the tenant, as Ferry's own code opens one.
+    pub async fn tx(&self) -> ferry::db::TenantTx {
+        self.setup
+            .app
+            .state
+            .db
+            .tenant(self.tenant)
+            .await
+            .expect("tx")
+    }
+
     pub fn pool(&self) -> &sqlx::PgPool {
         self.setup.app.pool()
     }
@@ -778,14 +789,7 @@ async fn webhooks_duplicated_and_reordered_dedupe_merge_and_the_automation_rule(
     synced.wait_backfilled(Duration::from_secs(60)).await;
     // The SDR rule: a deal that is won gets a follow-up task.
     {
-        let mut tx = synced
-            .setup
-            .app
-            .state
-            .db
-            .tenant(synced.tenant)
-            .await
-            .expect("tx");
+        let mut tx = synced.tx().await;
         ferry::sync::rules::create(
             &mut tx,
             &ferry::sync::rules::Draft {
@@ -959,14 +963,7 @@ fn failing_job_titles() -> ferry::mapping::Mapping {
 }
 
 async fn save_mapping(synced: &Synced, mapping: &ferry::mapping::Mapping) {
-    let mut tx = synced
-        .setup
-        .app
-        .state
-        .db
-        .tenant(synced.tenant)
-        .await
-        .expect("tx");
+    let mut tx = synced.tx().await;
     let actor = ferry::tenancy::audit::Actor::system("test");
     let meta = ferry::tenancy::audit::RequestMeta::default();
     ferry::mapping::versions::save(
@@ -1624,9 +1621,6 @@ async fn one_tenants_backfill_does_not_starve_another_tenant() {
 /// would read it, see the next test).
 #[tokio::test]
 async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
-    use ferry::connectors::hubspot::client::Record;
-    use ferry::records::Kind;
-    use ferry::sync::inbound;
     use ferry::sync::runs::Action;
 
     let synced = Synced::start_idle(0, 0, 0).await;
@@ -1644,19 +1638,8 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
         .and_then(|id| id.parse().ok())
         .expect("id");
 
-    let record = |id: &str, email: &str, first: &str| Record {
-        id: id.to_string(),
-        properties: BTreeMap::from([
-            ("email".to_string(), Some(email.to_string())),
-            ("firstname".to_string(), Some(first.to_string())),
-            (
-                "lastmodifieddate".to_string(),
-                Some("2024-03-01T10:00:00.000Z".to_string()),
-            ),
-        ]),
-        created_at: Some("2024-03-01T10:00:00.000Z".to_string()),
-        updated_at: Some("2024-03-01T10:00:00.000Z".to_string()),
-        archived: false,
+    let record = |id: &str, email: &str, first: &str| {
+        crm_contact(id, email, first, "2024-03-01T10:00:00.000Z")
     };
     let records = vec![
         record("901", "new-one@ferry.test", "One"),
@@ -1668,30 +1651,7 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
         record("906", "not an email", "Broken"),
         record("907", "", "No Email"),
     ];
-    let mut tx = synced
-        .setup
-        .app
-        .state
-        .db
-        .tenant(synced.tenant)
-        .await
-        .expect("tx");
-    let mapping =
-        ferry::mapping::versions::current(&mut tx, synced.connection, "hubspot", Kind::Contact)
-            .await
-            .expect("mapping");
-    let ctx = inbound::Context {
-        connection: synced.connection,
-        kind: Kind::Contact,
-        family: "hubspot".into(),
-        mapping,
-        origin: inbound::origin(synced.connection),
-        force: true,
-    };
-    let applied = inbound::apply(&mut tx, &ctx, &records)
-        .await
-        .expect("apply");
-    tx.commit().await.expect("commit");
+    let applied = apply_contacts(&synced, synced.connection, &records, true).await;
 
     let outcomes: Vec<(Option<&str>, Action, &str)> = applied
         .items
@@ -1745,18 +1705,7 @@ async fn a_page_of_new_records_is_applied_as_one_record_at_a_time_would_be() {
     assert_eq!(own_creates(&synced, synced.connection).await, vec![]);
 
     // Applying the same page again changes nothing and creates nothing.
-    let mut tx = synced
-        .setup
-        .app
-        .state
-        .db
-        .tenant(synced.tenant)
-        .await
-        .expect("tx");
-    let again = inbound::apply(&mut tx, &ctx, &records[..5])
-        .await
-        .expect("apply again");
-    tx.commit().await.expect("commit");
+    let again = apply_contacts(&synced, synced.connection, &records[..5], true).await;
     assert!(
         again
             .items
@@ -1801,22 +1750,17 @@ fn crm_contact(
     }
 }
 
-/// Applies CRM contacts as a poll page of `connection` would, in a transaction of its own.
+/// Applies CRM contacts as a poll page of `connection` would (`force`: as a backfill does, even
+/// when not newer), in a transaction of its own.
 async fn apply_contacts(
     synced: &Synced,
     connection: Uuid,
     records: &[ferry::connectors::hubspot::client::Record],
+    force: bool,
 ) -> ferry::sync::inbound::Applied {
     use ferry::records::Kind;
     use ferry::sync::inbound;
-    let mut tx = synced
-        .setup
-        .app
-        .state
-        .db
-        .tenant(synced.tenant)
-        .await
-        .expect("tx");
+    let mut tx = synced.tx().await;
     let mapping = ferry::mapping::versions::current(&mut tx, connection, "hubspot", Kind::Contact)
         .await
         .expect("mapping");
@@ -1826,7 +1770,7 @@ async fn apply_contacts(
         family: "hubspot".into(),
         mapping,
         origin: inbound::origin(connection),
-        force: false,
+        force,
     };
     let applied = inbound::apply(&mut tx, &ctx, records).await.expect("apply");
     tx.commit().await.expect("commit");
@@ -1852,6 +1796,7 @@ async fn creates_reach_the_outbox_only_for_other_connections_and_never_outdate_c
             "Alone",
             "2024-03-01T10:00:00.000Z",
         )],
+        false,
     )
     .await;
     assert_eq!(alone.items[0].action, Action::Created);
@@ -1883,6 +1828,7 @@ async fn creates_reach_the_outbox_only_for_other_connections_and_never_outdate_c
                 "2024-03-01T10:00:00.000Z",
             ),
         ],
+        false,
     )
     .await;
     let ids: Vec<Uuid> = page.items.iter().filter_map(|i| i.record_id).collect();
@@ -1904,6 +1850,7 @@ async fn creates_reach_the_outbox_only_for_other_connections_and_never_outdate_c
             "Eleven Edited",
             "2024-03-02T10:00:00.000Z",
         )],
+        false,
     )
     .await;
     assert_eq!(edited.items[0].action, Action::Updated);
@@ -1923,7 +1870,7 @@ async fn creates_reach_the_outbox_only_for_other_connections_and_never_outdate_c
         .await
         .expect("forget the second connection's place");
     let state = synced.setup.app.state.clone();
-    let mut page_tx = state.db.tenant(synced.tenant).await.expect("tx");
+    let mut page_tx = synced.tx().await;
     let others = ferry::sync::control::others_read_outbox(&mut page_tx, synced.connection)
         .await
         .expect("readers");
