@@ -537,8 +537,13 @@ struct NewRecord {
 }
 
 /// Writes the pending new records: their links first (owned by the connection, with the CRM's
-/// modification time), then the records and their outbox rows. A key that another record
-/// already holds is reported as `links::attach` would, and its record is not created.
+/// modification time), then the records and their outbox rows.
+///
+/// The links are plain inserts, not `ON CONFLICT DO NOTHING` (which probes the key index once
+/// more per row before inserting): each key is locked and was found unlinked (see [`apply`]).
+/// A writer that links a key without its lock (the outbound dispatcher, saving the id of a
+/// record it just created at the CRM) makes the insert fail on the key; the page then rolls
+/// back and is retried, and the retry finds the link and treats the record as known.
 async fn create_pending(
     tx: &mut TenantTx,
     ctx: &Context,
@@ -558,13 +563,11 @@ async fn create_pending(
         .map(|r| out.items[r.item].record_id.unwrap_or_default())
         .collect();
     let times: Vec<DateTime<Utc>> = rows.iter().map(|r| r.remote_at).collect();
-    let linked: HashSet<String> = sqlx::query_scalar!(
+    sqlx::query!(
         "INSERT INTO external_links (tenant_id, key, record_kind, record_id, connection_id,
                                      remote_updated_at)
          SELECT $1, u.key, $2, u.record_id, $3, u.at
-         FROM unnest($4::text[], $5::uuid[], $6::timestamptz[]) AS u(key, record_id, at)
-         ON CONFLICT (tenant_id, key) DO NOTHING
-         RETURNING key",
+         FROM unnest($4::text[], $5::uuid[], $6::timestamptz[]) AS u(key, record_id, at)",
         tenant.0,
         ctx.kind.as_str(),
         ctx.connection,
@@ -572,14 +575,11 @@ async fn create_pending(
         &ids,
         &times
     )
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .collect();
+    .execute(&mut **tx)
+    .await?;
     let creates: Vec<(Uuid, &Fields)> = rows
         .iter()
         .zip(&ids)
-        .filter(|(row, _)| linked.contains(&row.key))
         .map(|(row, id)| (*id, &row.fields))
         .collect();
     // A backfill's records come from the CRM: its own dispatcher would only pass their outbox
@@ -592,17 +592,6 @@ async fn create_pending(
         let record = &records[row.record];
         let item = &mut out.items[row.item];
         item.latency_ms = Some(runs::millis(row.took + share));
-        if !linked.contains(&row.key) {
-            let failure = Failure::from(Error::Conflict(format!(
-                "external_id {} already belongs to another record",
-                row.key
-            )));
-            item.action = Action::Failed;
-            item.record_id = None;
-            item.changes = None;
-            dead_letter(&mut out.rejected, item, record, None, failure);
-            continue;
-        }
         out.written.push(id);
         if let Some(failure) = row.field_errors {
             dead_letter(&mut out.rejected, item, record, Some(id), failure);

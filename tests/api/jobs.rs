@@ -103,11 +103,13 @@ async fn finished_jobs_do_not_pile_up_in_redis() {
 }
 
 /// A table that grew a lot since it was last analyzed gets fresh statistics (a backfill must not
-/// run on plans made for an empty table); one that did not change is left alone.
+/// run on plans made for an empty table); one that did not change, or grew by less than it had,
+/// is left alone until it has doubled.
 #[tokio::test]
 async fn tables_that_grew_get_fresh_planner_statistics() {
     let app = spawn_app().await;
-    sqlx::query("CREATE TABLE grown (n integer)")
+    // Autovacuum off for it, so only Ferry analyzes it (as when the daemon is behind).
+    sqlx::query("CREATE TABLE grown (n integer) WITH (autovacuum_enabled = false)")
         .execute(app.pool())
         .await
         .expect("create");
@@ -134,6 +136,41 @@ async fn tables_that_grew_get_fresh_planner_statistics() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let again = db.refresh_statistics().await.expect("refresh");
     assert!(!again.contains(&"grown".to_string()), "{again:?}");
+
+    // 4,000 more rows: fewer than 1,000 + the 5,000 the statistics count. (Past the 10 s a
+    // table is left alone after it was analyzed, so only the growth rule can say no.)
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    sqlx::query("INSERT INTO grown SELECT generate_series(1, 4000)")
+        .execute(app.pool())
+        .await
+        .expect("grow");
+    let counted = eventually(Duration::from_secs(15), || async {
+        let changed: i64 = sqlx::query_scalar(
+            "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'grown'",
+        )
+        .fetch_one(app.pool())
+        .await
+        .expect("stats");
+        changed == 4000
+    })
+    .await;
+    assert!(counted, "the growth never reached the statistics view");
+    let again = db.refresh_statistics().await.expect("refresh");
+    assert!(!again.contains(&"grown".to_string()), "{again:?}");
+
+    // 2,001 more: the table has more than doubled since it was analyzed.
+    sqlx::query("INSERT INTO grown SELECT generate_series(1, 2001)")
+        .execute(app.pool())
+        .await
+        .expect("grow");
+    let analyzed = eventually(Duration::from_secs(15), || async {
+        db.refresh_statistics()
+            .await
+            .expect("refresh")
+            .contains(&"grown".to_string())
+    })
+    .await;
+    assert!(analyzed, "the doubled table was not analyzed");
 }
 
 /// Ferry's own pool ends transactions left idle: one left open would hold back the outbox,

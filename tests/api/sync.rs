@@ -1758,6 +1758,18 @@ async fn apply_contacts(
     records: &[ferry::connectors::hubspot::client::Record],
     force: bool,
 ) -> ferry::sync::inbound::Applied {
+    try_apply_contacts(synced, connection, records, force)
+        .await
+        .expect("apply")
+}
+
+/// [`apply_contacts`], with the error of a page that fails (its transaction rolled back).
+async fn try_apply_contacts(
+    synced: &Synced,
+    connection: Uuid,
+    records: &[ferry::connectors::hubspot::client::Record],
+    force: bool,
+) -> Result<ferry::sync::inbound::Applied, ferry::error::Error> {
     use ferry::records::Kind;
     use ferry::sync::inbound;
     let mut tx = synced.tx().await;
@@ -1772,9 +1784,97 @@ async fn apply_contacts(
         origin: inbound::origin(connection),
         force,
     };
-    let applied = inbound::apply(&mut tx, &ctx, records).await.expect("apply");
+    let applied = inbound::apply(&mut tx, &ctx, records).await?;
     tx.commit().await.expect("commit");
-    applied
+    Ok(applied)
+}
+
+/// A link written without its key's lock (the outbound dispatcher writes the id of a record it
+/// has just created at the CRM that way) after a page found the key unlinked: the page's insert
+/// of the same key fails and nothing of the page is kept; the page applied again finds the link
+/// and updates the record it names, so no duplicate is made and nothing is dead-lettered.
+#[tokio::test]
+async fn a_link_made_meanwhile_without_the_keys_lock_fails_the_page_and_the_retry_finds_it() {
+    use ferry::records::Kind;
+    use ferry::sync::runs::Action;
+
+    let synced = Synced::start_idle(0, 0, 0).await;
+    let mut pushed = synced.tx().await;
+    let body = json!({"email": "pushed@ferry.test", "first_name": "Pushed"});
+    let body = body.as_object().cloned().unwrap_or_default();
+    let written =
+        ferry::records::service::create_or_upsert(&mut pushed, Kind::Contact, &body, "api")
+            .await
+            .expect("create");
+    let id = written.record.id;
+    let at = "2024-03-01T10:00:00Z".parse().expect("time");
+    ferry::sync::outbound::save_link(
+        &mut pushed,
+        synced.connection,
+        "hubspot:contact:901",
+        Kind::Contact,
+        id,
+        Some(at),
+        &serde_json::Map::new(),
+    )
+    .await
+    .expect("link");
+
+    // Edited at the CRM after Ferry's write (whose time the default `newest_wins` compares).
+    let later = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let later = later.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let record = crm_contact("901", "pushed@ferry.test", "Pushed Later", &later);
+    let page = try_apply_contacts(
+        &synced,
+        synced.connection,
+        std::slice::from_ref(&record),
+        false,
+    );
+    let commit_when_the_page_waits = async {
+        // The page inserts its link and waits for the open transaction that holds the key.
+        let waits = eventually(Duration::from_secs(20), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'
+                   AND wait_event = 'transactionid'",
+            )
+            .fetch_one(synced.pool())
+            .await
+            .expect("activity");
+            waiting == 1
+        })
+        .await;
+        pushed.commit().await.expect("commit the link");
+        waits
+    };
+    let (first, waited) = tokio::join!(page, commit_when_the_page_waits);
+    assert!(waited, "the page never waited on the key");
+    match first {
+        Err(ferry::error::Error::Database(err)) => assert_eq!(
+            ferry::error::unique_violation(&err),
+            Some("external_links_pkey")
+        ),
+        other => panic!("the page should fail on the key, got {other:?}"),
+    }
+    let pool = synced.pool().clone();
+    let contacts = || {
+        sqlx::query_scalar::<_, Uuid>("SELECT id FROM contacts WHERE email = 'pushed@ferry.test'")
+            .fetch_all(&pool)
+    };
+    assert_eq!(contacts().await.expect("contacts"), vec![id]);
+
+    let again = apply_contacts(&synced, synced.connection, &[record], false).await;
+    assert_eq!(again.items.len(), 1);
+    assert_eq!(again.items[0].action, Action::Updated);
+    assert_eq!(again.items[0].record_id, Some(id));
+    assert!(again.rejected.is_empty());
+    assert_eq!(contacts().await.expect("contacts"), vec![id]);
+    let first: Option<String> = sqlx::query_scalar("SELECT first_name FROM contacts WHERE id = $1")
+        .bind(id)
+        .fetch_one(synced.pool())
+        .await
+        .expect("contact");
+    assert_eq!(first.as_deref(), Some("Pushed Later"));
 }
 
 /// With a second connection, a page's creates are in the outbox for it to push. A connection
