@@ -238,15 +238,23 @@ pub async fn record_items(
     let classes: Vec<Option<&str>> = items.iter().map(|i| i.error_class).collect();
     let errors: Vec<Option<String>> = items.iter().map(|i| i.error.clone()).collect();
     let versions: Vec<Option<i32>> = items.iter().map(|i| i.mapping_version).collect();
-    let changes: Vec<Option<&Json>> = items.iter().map(|i| i.changes.as_ref()).collect();
+    // As text: the column is `json`, which keeps the text as sent (see migration 0011).
+    let changes: Vec<Option<String>> = items
+        .iter()
+        .map(|i| i.changes.as_ref().map(Json::to_string))
+        .collect();
     let latencies: Vec<Option<i32>> = items.iter().map(|i| i.latency_ms).collect();
     sqlx::query!(
         "INSERT INTO sync_items (tenant_id, run_id, connection_id, object, direction, record_id,
                                  remote_id, action, outcome, error_class, error, mapping_version,
                                  changes, latency_ms)
-         SELECT $1, $2, $3, * FROM unnest($4::text[], $5::text[], $6::uuid[], $7::text[],
-                                          $8::text[], $9::text[], $10::text[], $11::text[],
-                                          $12::int[], $13::jsonb[], $14::int[])",
+         SELECT $1, $2, $3, u.object, u.direction, u.record_id, u.remote_id, u.action,
+                u.outcome, u.error_class, u.error, u.mapping_version, u.changes::json,
+                u.latency_ms
+         FROM unnest($4::text[], $5::text[], $6::uuid[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[], $12::int[], $13::text[], $14::int[])
+              AS u(object, direction, record_id, remote_id, action, outcome, error_class, error,
+                   mapping_version, changes, latency_ms)",
         tenant.0,
         run,
         connection,
@@ -259,7 +267,7 @@ pub async fn record_items(
         &classes as &[Option<&str>],
         &errors as &[Option<String>],
         &versions as &[Option<i32>],
-        &changes as &[Option<&Json>],
+        &changes as &[Option<String>],
         &latencies as &[Option<i32>]
     )
     .execute(&mut **tx)
