@@ -482,6 +482,21 @@ async fn backfill_then_edits_on_either_side_appear_on_the_other() {
     .await
     .expect("one backfill run");
     assert!(fetched >= 1_200 && created == 1_200, "{fetched} {created}");
+    // Each created contact's history item holds what was set, as written (a `json` column).
+    let (record, changes): (Uuid, Json) = sqlx::query_as(
+        "SELECT record_id, changes FROM sync_items
+         WHERE connection_id = $1 AND object = 'contact' AND action = 'created' AND remote_id = '7'",
+    )
+    .bind(synced.connection)
+    .fetch_one(synced.pool())
+    .await
+    .expect("the created item");
+    let email: String = sqlx::query_scalar("SELECT email FROM contacts WHERE id = $1")
+        .bind(record)
+        .fetch_one(synced.pool())
+        .await
+        .expect("contact");
+    assert_eq!(changes["email"], json!({ "after": email }), "{changes}");
 
     // An edit in the CRM arrives by webhook (the next poll is a minute away).
     let (status, _) = synced
