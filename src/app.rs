@@ -39,6 +39,8 @@ pub struct AppState {
     pub providers: Registry,
     /// Seals and opens OAuth tokens.
     pub vault: Arc<Vault>,
+    /// Whether this process's workers run (empty when it runs none).
+    pub workers: crate::jobs::status::Workers,
 }
 
 impl AppState {
@@ -59,6 +61,7 @@ impl AppState {
             http,
             providers,
             vault,
+            workers: crate::jobs::status::Workers::default(),
         })
     }
 }
@@ -106,7 +109,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when Postgres and Redis both answer within two seconds; says which one does not.
+/// Ready when Postgres and Redis both answer within two seconds and, in a process that runs
+/// workers, every worker runs; says which part is not.
 async fn readyz(State(state): State<AppState>) -> Response {
     let timeout = Duration::from_secs(2);
     let (postgres, redis) = tokio::join!(
@@ -121,23 +125,45 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if !redis_ok {
         tracing::warn!("readyz: redis unreachable");
     }
-    let status = if postgres_ok && redis_ok {
+    let workers = state.workers.snapshot();
+    let workers_ok = workers.iter().all(|(_, w)| w.is_running());
+    if !workers_ok {
+        tracing::warn!("readyz: a worker is not running");
+    }
+    let status = if postgres_ok && redis_ok && workers_ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let mut checks = json!({ "postgres": word(postgres_ok), "redis": word(redis_ok) });
+    if !workers.is_empty() {
+        let states: serde_json::Map<String, serde_json::Value> = workers
+            .iter()
+            .map(|(queue, w)| ((*queue).to_string(), json!(w.describe())))
+            .collect();
+        checks["workers"] = serde_json::Value::Object(states);
+    }
     (
         status,
         axum::Json(json!({
             "status": if status == StatusCode::OK { "ready" } else { "not ready" },
-            "checks": { "postgres": word(postgres_ok), "redis": word(redis_ok) },
+            "checks": checks,
         })),
     )
         .into_response()
 }
 
+/// Prometheus text: this process's own metrics, plus the deployment-wide gauges (queue depth,
+/// open dead letters, live workers) read from Postgres and Redis at scrape time, so any process
+/// answers for the whole deployment.
 async fn metrics(State(state): State<AppState>) -> Response {
+    if tokio::time::timeout(Duration::from_secs(2), crate::jobs::record_gauges(&state))
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics: deployment gauges timed out");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
@@ -163,4 +189,28 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// What `ferry work` serves (on `FERRY_WORK_BIND`): health checks and metrics only.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(10),
+        ))
+}
+
+/// Serves [`ops_router`] until `shutdown` resolves.
+pub async fn serve_ops(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, ops_router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -116,6 +116,9 @@ pub struct Config {
     /// Prefix of every Redis key Ferry writes (queues, locks, buckets); tests use one each.
     pub redis_prefix: String,
     pub bind: SocketAddr,
+    /// Where `ferry work` answers `/healthz`, `/readyz` and `/metrics` (`FERRY_WORK_BIND`;
+    /// `ferry serve` and `ferry all` answer them on `bind`). None: `off`.
+    pub work_bind: Option<SocketAddr>,
     pub public_url: Url,
     pub secret_key: SecretKey,
     pub key_source: KeySource,
@@ -143,6 +146,8 @@ pub struct Config {
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/ferry";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_BIND: &str = "127.0.0.1:8080";
+/// Where `ferry work` serves its health checks and metrics by default.
+pub const DEFAULT_WORK_BIND: &str = "127.0.0.1:9464";
 pub const DEFAULT_KEY_FILE: &str = ".ferry/secret-key";
 
 impl Config {
@@ -209,6 +214,23 @@ impl Config {
                 var: "FERRY_BIND",
                 expected: format!("expected an address and port such as {DEFAULT_BIND}"),
             })?;
+
+        let work_bind = match get("FERRY_WORK_BIND") {
+            Some(text) if text.trim().eq_ignore_ascii_case("off") => None,
+            text => {
+                let text = text.unwrap_or_else(|| DEFAULT_WORK_BIND.into());
+                Some(
+                    text.trim()
+                        .parse::<SocketAddr>()
+                        .map_err(|_| ConfigError::Malformed {
+                            var: "FERRY_WORK_BIND",
+                            expected: format!(
+                                "expected an address and port such as {DEFAULT_WORK_BIND}, or off"
+                            ),
+                        })?,
+                )
+            }
+        };
 
         let public_url = match get("FERRY_PUBLIC_URL") {
             Some(text) => {
@@ -400,6 +422,7 @@ impl Config {
             redis_url: redis_url.into(),
             redis_prefix,
             bind,
+            work_bind,
             public_url,
             secret_key,
             key_source,

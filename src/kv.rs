@@ -61,9 +61,15 @@ impl Kv {
         self.conn.clone()
     }
 
-    /// A fresh connection for components that manage their own (the job queues).
+    /// A fresh connection for components that manage their own (the job queues). It gives up
+    /// within seconds while Redis is down, so the caller can say so and try again.
     pub async fn dedicated_connection(&self) -> redis::RedisResult<ConnectionManager> {
-        ConnectionManager::new(self.client.clone()).await
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        ConnectionManager::new_with_config(self.client.clone(), config).await
     }
 
     pub async fn ping(&self) -> redis::RedisResult<()> {
@@ -204,6 +210,37 @@ impl Kv {
             .invoke_async(&mut conn)
             .await?;
         Ok((taken == 1).then_some(token))
+    }
+
+    /// Extends a slot taken with [`Kv::acquire_slot`] to `ttl` from now. Returns false when the
+    /// slot is gone (it expired, or Redis lost it): the holder runs on without it.
+    pub async fn renew_slot(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let script = redis::Script::new(
+            r"
+            if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[2])
+            if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+                redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+            end
+            return 1
+            ",
+        );
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let mut conn = self.conn.clone();
+        let renewed: i64 = script
+            .key(self.key(name))
+            .arg(ttl_ms)
+            .arg(token)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(renewed == 1)
     }
 
     /// Gives a semaphore slot back.

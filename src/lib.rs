@@ -91,6 +91,27 @@ pub async fn run(config: Config, parts: Parts) -> Result<(), StartError> {
             .await
             .map_err(StartError::Serve)
     };
+    let ops = async {
+        // A worker-only process answers health checks and metrics on a port of its own. Not
+        // being able to bind it (two `work` processes on one host with the default) is logged,
+        // not fatal: the workers matter more.
+        let Some(addr) = state.config.work_bind.filter(|_| parts.workers && !parts.http) else {
+            return;
+        };
+        match app::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(addr = %addr, "serving health checks and metrics");
+                if let Err(err) = app::serve_ops(listener, state.clone(), stopped()).await {
+                    tracing::error!(error = %err, "health and metrics server stopped");
+                }
+            }
+            Err(err) => tracing::error!(
+                addr = %addr,
+                error = %err,
+                "cannot serve health checks and metrics (set FERRY_WORK_BIND to another port, or off)"
+            ),
+        }
+    };
     let workers = async {
         if !parts.workers {
             return Ok(());
@@ -100,7 +121,7 @@ pub async fn run(config: Config, parts: Parts) -> Result<(), StartError> {
             .await
             .map_err(StartError::from)
     };
-    let (http, workers) = tokio::join!(http, workers);
+    let (http, workers, ()) = tokio::join!(http, workers, ops);
     http.and(workers)
 }
 

@@ -3,6 +3,8 @@
 //! Handlers live in the features; this module only wires queues to them. Jobs carry ids or small
 //! enums, never data, and every handler is idempotent, so a job that runs twice does no harm.
 
+pub mod status;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -135,6 +137,56 @@ pub async fn queue_depths(
         out.push((queue, "scheduled", scheduled));
     }
     Ok(out)
+}
+
+/// Workers of each queue whose last heartbeat is recent, across every process (apalis keeps a
+/// sorted set of worker names scored by their last heartbeat, in seconds).
+pub async fn live_workers(state: &AppState) -> Result<Vec<(&'static str, u64)>, JobError> {
+    let mut conn = state.kv.connection();
+    let since = chrono::Utc::now().timestamp()
+        - i64::try_from((HEARTBEAT * MISSED_HEARTBEATS as u32).as_secs()).unwrap_or(60);
+    let mut out = Vec::new();
+    for queue in ["sync", "maintenance"] {
+        let config = queue_config(state, queue);
+        let live: u64 = redis::cmd("ZCOUNT")
+            .arg(config.workers_set())
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await?;
+        out.push((queue, live));
+    }
+    Ok(out)
+}
+
+/// Sets the deployment-wide gauges from Postgres and Redis: open dead letters, queue depths and
+/// live workers. Every process calls it when scraped, and the reconciler on each pass.
+pub async fn record_gauges(state: &AppState) {
+    // CROSS-TENANT: the gauges are deployment-wide.
+    match sqlx::query_scalar!("SELECT count(*) AS \"n!\" FROM dead_letters WHERE status = 'open'")
+        .fetch_one(state.db.cross_tenant())
+        .await
+    {
+        Ok(open) => metrics::gauge!("ferry_dead_letters_open").set(open as f64),
+        Err(err) => tracing::debug!(error = %err, "open dead letters unavailable"),
+    }
+    match queue_depths(state).await {
+        Ok(depths) => {
+            for (queue, kind, n) in depths {
+                metrics::gauge!("ferry_queue_depth", "queue" => queue, "state" => kind)
+                    .set(n as f64);
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "queue depths unavailable"),
+    }
+    match live_workers(state).await {
+        Ok(live) => {
+            for (queue, n) in live {
+                metrics::gauge!("ferry_workers_live", "queue" => queue).set(n as f64);
+            }
+        }
+        Err(err) => tracing::debug!(error = %err, "live workers unavailable"),
+    }
 }
 
 /// Puts a sync job on its queue unless one with the same key is already waiting (coalescing:
@@ -298,70 +350,244 @@ async fn reconcile_loop(state: AppState) {
     }
 }
 
+/// The name a worker registers under in Redis: unique per process and per start, so that any
+/// number of processes, and a process restarted at once after the previous one died, never
+/// collide (apalis refuses a name whose last heartbeat is recent).
+fn worker_name(queue: &str) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    format!(
+        "ferry-{queue}@{host}:{}:{}",
+        std::process::id(),
+        &run[..8]
+    )
+}
+
+/// How long a supervisor waits before starting a worker again after its `attempt`-th failure in a
+/// row: 0.5 s doubling to 10 s, with full jitter over the upper half.
+pub fn restart_delay(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(500)
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(5))
+        .min(Duration::from_secs(10));
+    let half = ceiling / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+/// A run that lasted this long resets the failure count (the next failure waits the shortest).
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// How often a worker heartbeats, and after how many missed heartbeats the other workers take
+/// the jobs it had fetched back (a process killed mid-batch): 10 s × 6 = one minute.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+const MISSED_HEARTBEATS: usize = 6;
+
+/// Runs one queue's worker under `queue`'s supervisor until `stop` turns true: whenever the
+/// worker ends for any reason other than shutdown — Redis flushed or restarted ("worker not
+/// registered", a broken pipe), a panic, Redis down at start — it is started again, under a new
+/// name and on a new connection, after [`restart_delay`].
+async fn supervise<F>(
+    state: AppState,
+    queue: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    build: F,
+) where
+    F: Fn(apalis_redis::ConnectionManager, String) -> Monitor,
+{
+    state.workers.expect(queue);
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let name = worker_name(queue);
+        let error = match state.kv.dedicated_connection().await {
+            Ok(conn) => {
+                state.workers.running(queue, &name);
+                tracing::info!(worker = %name, "worker started");
+                let started = std::time::Instant::now();
+                let mut signal = stop.clone();
+                let ended = build(conn, name.clone())
+                    .shutdown_timeout(Duration::from_secs(30))
+                    .run_with_signal(async move {
+                        let _ = signal.wait_for(|stop| *stop).await;
+                        Ok(())
+                    })
+                    .await;
+                if started.elapsed() >= HEALTHY_RUN {
+                    failures = 0;
+                }
+                match ended {
+                    _ if *stop.borrow() => break,
+                    Ok(()) => "the worker ended".to_string(),
+                    Err(err) => err.to_string(),
+                }
+            }
+            Err(err) => format!("redis: {err}"),
+        };
+        failures = failures.saturating_add(1);
+        let delay = restart_delay(failures);
+        state.workers.restarting(queue, error.trim(), failures);
+        metrics::counter!("ferry_worker_restarts_total", "queue" => queue).increment(1);
+        tracing::error!(
+            worker = %name,
+            error = %error.trim(),
+            attempt = failures,
+            retry_in_ms = delay.as_millis() as u64,
+            "worker stopped; starting it again"
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+    }
+    state.workers.stopped(queue);
+}
+
+/// Runs `task` until `stop`; starts it again (after a second) should it end or panic, so the
+/// reconciler and the schedules outlive anything one pass meets.
+async fn keep_running<F, Fut>(
+    name: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    task: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let mut handle = tokio::spawn(task());
+        let ended = tokio::select! {
+            ended = &mut handle => Some(ended),
+            _ = stop.wait_for(|stop| *stop) => None,
+        };
+        match ended {
+            None => {
+                handle.abort();
+                return;
+            }
+            Some(Err(err)) if err.is_panic() => {
+                tracing::error!(task = name, "background task panicked; starting it again")
+            }
+            Some(_) => tracing::error!(task = name, "background task ended; starting it again"),
+        }
+        if *stop.borrow() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn worker_config(state: &AppState, queue: &str, batch: usize) -> QueueConfig {
+    queue_config(state, queue)
+        .heartbeat_interval(HEARTBEAT)
+        .missed_heartbeats(MISSED_HEARTBEATS)
+        .batch_size(batch)
+}
+
 /// Runs every worker until `shutdown` resolves; then running jobs finish (up to 30 s) and
-/// fetched-but-unstarted ones go back to their queue.
+/// fetched-but-unstarted ones go back to their queue. Workers that end meanwhile are started
+/// again (see [`supervise`]); this returns only after `shutdown`.
 pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), JobError> {
-    // The worker polls on a connection of its own.
-    let storage = maintenance_storage(&state, state.kv.dedicated_connection().await?);
-    let sync_jobs = sync_storage(&state, state.kv.dedicated_connection().await?);
-    let schedulers = [
-        tokio::spawn(schedule(
-            state.clone(),
-            "maintenance",
-            MAINTENANCE_EVERY,
-            &[
-                Maintenance::PurgeExpiredSessions,
-                Maintenance::PurgeExpiredIdempotencyKeys,
-                Maintenance::PurgeProcessedWebhooks,
-            ],
-        )),
-        tokio::spawn(schedule(
-            state.clone(),
-            "token-refresh",
-            TOKEN_REFRESH_EVERY,
-            &[Maintenance::RefreshExpiringTokens, Maintenance::CheckAlerts],
-        )),
-        tokio::spawn(reconcile_loop(state.clone())),
-    ];
-    let worker_state = state.clone();
-    let sync_state = state.clone();
-    let monitor = Monitor::new()
-        .register(move |_run| {
-            WorkerBuilder::new("ferry-maintenance")
-                // Every push lands in the scheduled set; poll it often or jobs wait for the
-                // heartbeat (30 s).
-                .backend(
-                    storage
-                        .clone()
-                        .poll_with_strategy(EveryInterval::new(Duration::from_millis(250))),
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    {
+        let state = state.clone();
+        tasks.push(tokio::spawn(keep_running(
+            "maintenance schedule",
+            stop_rx.clone(),
+            move || {
+                schedule(
+                    state.clone(),
+                    "maintenance",
+                    MAINTENANCE_EVERY,
+                    &[
+                        Maintenance::PurgeExpiredSessions,
+                        Maintenance::PurgeExpiredIdempotencyKeys,
+                        Maintenance::PurgeProcessedWebhooks,
+                    ],
                 )
-                .data(worker_state.clone())
-                .build(run_maintenance)
-        })
-        .register(move |_run| {
-            WorkerBuilder::new("ferry-sync")
-                .backend(
-                    sync_jobs
-                        .clone()
-                        .poll_with_strategy(EveryInterval::new(Duration::from_millis(100))),
-                )
-                .concurrency(SYNC_CONCURRENCY)
-                .data(sync_state.clone())
-                .build(run_sync)
-        })
-        .shutdown_timeout(Duration::from_secs(30));
-    let result = monitor
-        .run_with_signal(async move {
-            shutdown.await;
-            Ok(())
-        })
-        .await
-        .map_err(|e| JobError::Monitor(e.to_string()));
-    for scheduler in schedulers {
-        scheduler.abort();
+            },
+        )));
     }
-    result
+    {
+        let state = state.clone();
+        tasks.push(tokio::spawn(keep_running(
+            "token refresh schedule",
+            stop_rx.clone(),
+            move || {
+                schedule(
+                    state.clone(),
+                    "token-refresh",
+                    TOKEN_REFRESH_EVERY,
+                    &[Maintenance::RefreshExpiringTokens, Maintenance::CheckAlerts],
+                )
+            },
+        )));
+    }
+    {
+        let state = state.clone();
+        tasks.push(tokio::spawn(keep_running(
+            "reconciler",
+            stop_rx.clone(),
+            move || reconcile_loop(state.clone()),
+        )));
+    }
+    let maintenance_state = state.clone();
+    tasks.push(tokio::spawn(supervise(
+        state.clone(),
+        "maintenance",
+        stop_rx.clone(),
+        move |conn, name| {
+            let storage = RedisStorage::<Maintenance>::new(conn)
+                .with_config(worker_config(&maintenance_state, "maintenance", 4));
+            let data = maintenance_state.clone();
+            Monitor::new().register(move |_run| {
+                WorkerBuilder::new(name.clone())
+                    // Every push lands in the scheduled set; poll it often or jobs wait for
+                    // the heartbeat.
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_strategy(EveryInterval::new(Duration::from_millis(250))),
+                    )
+                    .data(data.clone())
+                    .build(run_maintenance)
+            })
+        },
+    )));
+    let sync_state = state.clone();
+    tasks.push(tokio::spawn(supervise(
+        state.clone(),
+        "sync",
+        stop_rx.clone(),
+        move |conn, name| {
+            // Fetch no more than the worker runs at once: what a killed process had fetched
+            // waits for the orphan timeout (or the pending mark's expiry) before others run it.
+            let storage = RedisStorage::<SyncJob>::new(conn).with_config(worker_config(
+                &sync_state,
+                "sync",
+                SYNC_CONCURRENCY,
+            ));
+            let data = sync_state.clone();
+            Monitor::new().register(move |_run| {
+                WorkerBuilder::new(name.clone())
+                    .backend(
+                        storage
+                            .clone()
+                            .poll_with_strategy(EveryInterval::new(Duration::from_millis(100))),
+                    )
+                    .concurrency(SYNC_CONCURRENCY)
+                    .data(data.clone())
+                    .build(run_sync)
+            })
+        },
+    )));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    Ok(())
 }

@@ -102,8 +102,10 @@ impl SyncJob {
     }
 }
 
-/// How long a "waiting" mark lives if its job is lost (the reconciler re-enqueues after that).
-pub const PENDING_TTL: Duration = Duration::from_secs(120);
+/// How long a "waiting" mark lives if its job is lost — fetched by a worker that was killed
+/// before starting it, or dropped with a flushed Redis (the reconciler re-enqueues after that).
+/// A mark that expires while its job still waits costs one duplicate job, which is harmless.
+pub const PENDING_TTL: Duration = Duration::from_secs(30);
 
 /// Asks the workers to look for due work now (after a commit that created some). Failure is
 /// logged, not returned: the reconciler finds the work within seconds anyway.
@@ -121,8 +123,12 @@ pub async fn enqueue(state: &AppState, job: SyncJob) {
 pub const TENANT_CAP: usize = 2;
 /// Sync jobs of one connection that may run at once.
 pub const CONNECTION_CAP: usize = 2;
-/// How long a concurrency slot is held at most if its worker dies.
-const SLOT_TTL: Duration = Duration::from_secs(10 * 60);
+/// How long a concurrency slot lives unless renewed: the job holding it renews it every third
+/// of this while it runs, so a process killed mid-job gives its slots back within this.
+pub const SLOT_LEASE: Duration = Duration::from_secs(30);
+/// How long jobs deferred at a full semaphore are remembered (the reconciler offers their work
+/// again anyway).
+const DEFERRED_TTL: Duration = Duration::from_secs(10 * 60);
 
 /// A connection's CRM client.
 pub struct CrmClient {
@@ -222,7 +228,7 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
         SyncJob::Replays { tenant } => (Some(tenant), None),
         SyncJob::Deliveries | SyncJob::Reconcile => (None, None),
     };
-    let mut slots = Vec::new();
+    let mut slots = Slots::new(state);
     for (name, cap) in [
         (tenant.map(|t| format!("sync-slots:tenant:{t}")), TENANT_CAP),
         (
@@ -231,19 +237,19 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
         ),
     ] {
         let Some(name) = name else { continue };
-        match state.kv.acquire_slot(&name, cap, SLOT_TTL).await {
-            Ok(Some(token)) => slots.push((name, token)),
+        match state.kv.acquire_slot(&name, cap, SLOT_LEASE).await {
+            Ok(Some(token)) => slots.held.push((name, token)),
             Ok(None) => {
                 // At the cap: the work stays due in Postgres. The job waits beside the
                 // semaphore and is offered again when a slot is given back (the reconciler
                 // offers it too, should that be lost).
-                release(state, &slots).await;
+                slots.release().await;
                 metrics::counter!("ferry_sync_jobs_deferred_total").increment(1);
                 tracing::debug!(slots = %name, "sync job deferred: at the concurrency cap");
                 if let Ok(member) = serde_json::to_string(&job)
                     && let Err(err) = state
                         .kv
-                        .add_to_set(&deferred(&name), &member, SLOT_TTL)
+                        .add_to_set(&deferred(&name), &member, DEFERRED_TTL)
                         .await
                 {
                     tracing::debug!(error = %err, "could not note a deferred job");
@@ -251,11 +257,12 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
                 return Ok(());
             }
             Err(err) => {
-                release(state, &slots).await;
+                slots.release().await;
                 return Err(Error::from(err));
             }
         }
     }
+    slots.keep_renewed();
     let result = match job {
         SyncJob::Poll {
             tenant,
@@ -278,7 +285,7 @@ async fn run_job(state: &AppState, job: SyncJob) -> Result<(), Error> {
         },
         SyncJob::Reconcile => reconcile::run(state).await.map(|_| ()),
     };
-    release(state, &slots).await;
+    slots.release().await;
     metrics::histogram!("ferry_sync_job_seconds", "job" => job_name(&job))
         .record(started.elapsed().as_secs_f64());
     tracing::debug!(
@@ -297,6 +304,76 @@ fn job_name(job: &SyncJob) -> &'static str {
         SyncJob::Replays { .. } => "replays",
         SyncJob::Deliveries => "deliveries",
         SyncJob::Reconcile => "reconcile",
+    }
+}
+
+/// The concurrency slots a running job holds, as leases: renewed while the job runs, given
+/// back when it ends — also when its future is dropped (a worker that stops mid-job) — and
+/// expiring by themselves within [`SLOT_LEASE`] when the process dies.
+struct Slots {
+    state: AppState,
+    held: Vec<(String, String)>,
+    renewer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Slots {
+    fn new(state: &AppState) -> Slots {
+        Slots {
+            state: state.clone(),
+            held: Vec::new(),
+            renewer: None,
+        }
+    }
+
+    /// Renews every held slot every third of the lease until released.
+    fn keep_renewed(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let state = self.state.clone();
+        let held = self.held.clone();
+        self.renewer = Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SLOT_LEASE / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for (name, token) in &held {
+                    match state.kv.renew_slot(name, token, SLOT_LEASE).await {
+                        Ok(true) => {}
+                        // Redis lost it (a flush or restart): the job runs on; the cap is
+                        // briefly one short until it ends.
+                        Ok(false) => tracing::debug!(slots = %name, "concurrency slot lost"),
+                        Err(err) => {
+                            tracing::debug!(error = %err, "could not renew a concurrency slot")
+                        }
+                    }
+                }
+            }
+        }));
+    }
+
+    async fn release(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        let held = std::mem::take(&mut self.held);
+        release(&self.state, &held).await;
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+        let held = std::mem::take(&mut self.held);
+        if held.is_empty() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let state = self.state.clone();
+            runtime.spawn(async move { release(&state, &held).await });
+        }
     }
 }
 
@@ -373,8 +450,24 @@ async fn replay_one(
                     .api
                     .batch_read(object, std::slice::from_ref(&remote_id), &properties)
                     .await?;
+                let deleted = letter.payload["events"].as_array().is_some_and(|events| {
+                    events.iter().any(|e| {
+                        e["subscriptionType"].as_str().is_some_and(|s| {
+                            s.ends_with(".deletion") || s.ends_with(".privacyDeletion")
+                        })
+                    })
+                });
                 match found.results.into_iter().next() {
                     Some(record) => record,
+                    // A letter of webhook events that said the object was deleted: the deletion
+                    // is applied.
+                    None if deleted => crate::connectors::hubspot::client::Record {
+                        id: remote_id.clone(),
+                        properties: Default::default(),
+                        created_at: None,
+                        updated_at: None,
+                        archived: true,
+                    },
                     None => {
                         return Err(Failure::permanent(format!(
                             "the CRM no longer has {} {remote_id}",

@@ -121,20 +121,6 @@ pub async fn run(state: &AppState) -> Result<Found, Error> {
         found.deliveries = true;
         enqueue(state, SyncJob::Deliveries).await;
     }
-    // CROSS-TENANT: the gauges are deployment-wide.
-    let open =
-        sqlx::query_scalar!("SELECT count(*) AS \"n!\" FROM dead_letters WHERE status = 'open'")
-            .fetch_one(db)
-            .await?;
-    metrics::gauge!("ferry_dead_letters_open").set(open as f64);
-    match crate::jobs::queue_depths(state).await {
-        Ok(depths) => {
-            for (queue, kind, n) in depths {
-                metrics::gauge!("ferry_queue_depth", "queue" => queue, "state" => kind)
-                    .set(n as f64);
-            }
-        }
-        Err(err) => tracing::debug!(error = %err, "queue depths unavailable"),
-    }
+    crate::jobs::record_gauges(state).await;
     Ok(found)
 }
