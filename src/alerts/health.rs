@@ -1,12 +1,20 @@
 //! Connection health as the dashboard and the connection page show it: last success, records in
 //! and out and errors per hour over the last day, open dead letters, token health, each cursor's
-//! position, and recent errors grouped by kind. Read-only, in the tenant's transaction.
+//! position, recent errors grouped by kind, and the connection's state ([`assess`]: healthy,
+//! degraded, overdue or blocked, with the reasons). Read-only, in the tenant's transaction.
 
 use chrono::{DateTime, Duration, DurationRound as _, Utc};
 use uuid::Uuid;
 
 use crate::db::TenantTx;
 use crate::error::Error;
+
+mod state;
+
+pub use state::{
+    DEGRADED_PERCENT, Facts, Health, Link, OVERDUE_AFTER, Problem, RECENT, State, WAITING_AFTER,
+    assess, facts, health, span,
+};
 
 /// Hours in the dashboard's charts.
 pub const HOURS: usize = 24;
@@ -143,6 +151,18 @@ pub async fn open_dead_letters(tx: &mut TenantTx, connection: Uuid) -> Result<i6
     .await?)
 }
 
+/// A run as a cursor's "last run" shows it: outcome and counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunBrief {
+    pub id: i64,
+    pub outcome: String,
+    pub created: i32,
+    pub updated: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    pub dead_lettered: i32,
+}
+
 /// One object's cursor, as the connection page shows it.
 #[derive(Debug, Clone)]
 pub struct ObjectState {
@@ -155,12 +175,39 @@ pub struct ObjectState {
     pub next_poll_at: DateTime<Utc>,
     pub failures: i32,
     pub last_run_id: Option<i64>,
+    /// The last run's outcome and counts (None when it has none, or the run is gone).
+    pub last_run: Option<RunBrief>,
     pub last_success_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
     pub last_error_at: Option<DateTime<Utc>>,
 }
 
 impl ObjectState {
+    /// How long ago the next poll fell due (None while it is not due yet).
+    pub fn late(&self, now: DateTime<Utc>) -> Option<Duration> {
+        (self.next_poll_at <= now).then(|| now - self.next_poll_at)
+    }
+
+    /// Due for longer than [`OVERDUE_AFTER`]: no worker has run the poll.
+    pub fn overdue(&self, now: DateTime<Utc>) -> bool {
+        self.late(now).is_some_and(|late| late > OVERDUE_AFTER)
+    }
+
+    /// "overdue by 24 s" once due, "due now" within the first seconds.
+    pub fn late_words(&self, now: DateTime<Utc>) -> Option<String> {
+        let late = self.late(now)?;
+        Some(if late < Duration::seconds(5) {
+            "due now".into()
+        } else {
+            format!("overdue by {}", span(late))
+        })
+    }
+
+    /// The last poll attempt failed (cleared by the next success).
+    pub fn failing(&self) -> bool {
+        self.last_error.is_some() || self.failures > 0
+    }
+
     /// The first full pass has not ended.
     pub fn backfilling(&self) -> bool {
         self.backfilled_at.is_none()
@@ -188,10 +235,16 @@ impl ObjectState {
 pub async fn objects(tx: &mut TenantTx, connection: Uuid) -> Result<Vec<ObjectState>, Error> {
     let tenant = tx.tenant_id();
     let rows = sqlx::query!(
-        "SELECT object, watermark, watermark_id, backfilled_at, backfill_done, backfill_total,
-                next_poll_at, failures, last_run_id, last_success_at, last_error, last_error_at
-         FROM sync_cursors WHERE tenant_id = $1 AND connection_id = $2
-         ORDER BY array_position(ARRAY['contact', 'deal', 'task'], object)",
+        r#"SELECT c.object, c.watermark, c.watermark_id, c.backfilled_at, c.backfill_done,
+                c.backfill_total, c.next_poll_at, c.failures, c.last_run_id, c.last_success_at,
+                c.last_error, c.last_error_at,
+                r.id AS "run_id?", r.outcome AS "run_outcome?", r.created AS "run_created?",
+                r.updated AS "run_updated?", r.skipped AS "run_skipped?",
+                r.failed AS "run_failed?", r.dead_lettered AS "run_dead_lettered?"
+         FROM sync_cursors c
+         LEFT JOIN sync_runs r ON r.tenant_id = c.tenant_id AND r.id = c.last_run_id
+         WHERE c.tenant_id = $1 AND c.connection_id = $2
+         ORDER BY array_position(ARRAY['contact', 'deal', 'task'], c.object)"#,
         tenant.0,
         connection
     )
@@ -209,6 +262,18 @@ pub async fn objects(tx: &mut TenantTx, connection: Uuid) -> Result<Vec<ObjectSt
             next_poll_at: r.next_poll_at,
             failures: r.failures,
             last_run_id: r.last_run_id,
+            last_run: match (r.run_id, r.run_outcome) {
+                (Some(id), Some(outcome)) => Some(RunBrief {
+                    id,
+                    outcome,
+                    created: r.run_created.unwrap_or(0),
+                    updated: r.run_updated.unwrap_or(0),
+                    skipped: r.run_skipped.unwrap_or(0),
+                    failed: r.run_failed.unwrap_or(0),
+                    dead_lettered: r.run_dead_lettered.unwrap_or(0),
+                }),
+                _ => None,
+            },
             last_success_at: r.last_success_at,
             last_error: r.last_error,
             last_error_at: r.last_error_at,
@@ -268,6 +333,46 @@ pub async fn error_groups(tx: &mut TenantTx, connection: Uuid) -> Result<Vec<Err
             last_at: r.last_at,
         })
         .collect())
+}
+
+/// A connection's runs of the last day by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTally {
+    pub succeeded: i64,
+    pub partial: i64,
+    pub failed: i64,
+    pub running: i64,
+}
+
+impl RunTally {
+    pub fn total(&self) -> i64 {
+        self.succeeded + self.partial + self.failed + self.running
+    }
+}
+
+/// The connection's runs started in the last 24 hours, by outcome.
+pub async fn run_tally(tx: &mut TenantTx, connection: Uuid) -> Result<RunTally, Error> {
+    let tenant = tx.tenant_id();
+    let since = Utc::now() - Duration::hours(24);
+    let r = sqlx::query!(
+        r#"SELECT count(*) FILTER (WHERE outcome = 'succeeded') AS "succeeded!",
+                  count(*) FILTER (WHERE outcome = 'partial') AS "partial!",
+                  count(*) FILTER (WHERE outcome = 'failed') AS "failed!",
+                  count(*) FILTER (WHERE outcome = 'running') AS "running!"
+           FROM sync_runs
+           WHERE tenant_id = $1 AND connection_id = $2 AND started_at >= $3"#,
+        tenant.0,
+        connection,
+        since
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(RunTally {
+        succeeded: r.succeeded,
+        partial: r.partial,
+        failed: r.failed,
+        running: r.running,
+    })
 }
 
 #[cfg(test)]

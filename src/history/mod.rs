@@ -67,10 +67,18 @@ pub struct Run {
     pub unchanged: i32,
     pub skipped: i32,
     pub failed: i32,
+    /// Items filed in the dead-letter queue (some of them also written: see
+    /// [`crate::sync::runs::Counts`]).
+    pub dead_lettered: i32,
     pub error: Option<String>,
 }
 
 impl Run {
+    /// Whether any record of the run failed or was dead-lettered.
+    pub fn has_problems(&self) -> bool {
+        self.failed > 0 || self.dead_lettered > 0
+    }
+
     /// "1.2 s", "3 min 4 s", or None while running.
     pub fn duration(&self) -> Option<String> {
         let finished = self.finished_at?;
@@ -94,7 +102,7 @@ pub async fn list_runs(
     let tenant = tx.tenant_id();
     let rows = sqlx::query!(
         r#"SELECT id, connection_id, object, kind, outcome, started_at, finished_at,
-                  fetched, created, updated, unchanged, skipped, failed, error
+                  fetched, created, updated, unchanged, skipped, failed, dead_lettered, error
            FROM sync_runs
            WHERE tenant_id = $1
              AND id < $2
@@ -136,6 +144,7 @@ pub async fn list_runs(
             unchanged: r.unchanged,
             skipped: r.skipped,
             failed: r.failed,
+            dead_lettered: r.dead_lettered,
             error: r.error,
         })
         .collect();
@@ -147,7 +156,7 @@ pub async fn find_run(tx: &mut TenantTx, id: i64) -> Result<Run, Error> {
     let tenant = tx.tenant_id();
     let r = sqlx::query!(
         r#"SELECT id, connection_id, object, kind, outcome, started_at, finished_at,
-                  fetched, created, updated, unchanged, skipped, failed, error
+                  fetched, created, updated, unchanged, skipped, failed, dead_lettered, error
            FROM sync_runs WHERE tenant_id = $1 AND id = $2"#,
         tenant.0,
         id
@@ -169,6 +178,7 @@ pub async fn find_run(tx: &mut TenantTx, id: i64) -> Result<Run, Error> {
         unchanged: r.unchanged,
         skipped: r.skipped,
         failed: r.failed,
+        dead_lettered: r.dead_lettered,
         error: r.error,
     })
 }

@@ -31,6 +31,13 @@ impl RunKind {
 }
 
 /// Counts of a run.
+///
+/// `created` to `skipped` count items by what was done to the record; `failed` counts items that
+/// did not go through (their action is `failed`, or their outcome is `failed`, e.g. a record
+/// created without its association); `dead_lettered` counts items filed in the dead-letter
+/// queue. An item can be in two of them: a record written without a field whose mapping failed
+/// is `created` (or `updated`) and `dead_lettered`; a record refused for good is `failed` and
+/// `dead_lettered`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub fetched: i32,
@@ -39,6 +46,7 @@ pub struct Counts {
     pub unchanged: i32,
     pub skipped: i32,
     pub failed: i32,
+    pub dead_lettered: i32,
 }
 
 impl Counts {
@@ -61,9 +69,10 @@ impl Counts {
         self.unchanged += other.unchanged;
         self.skipped += other.skipped;
         self.failed += other.failed;
+        self.dead_lettered += other.dead_lettered;
     }
 
-    /// Counts one item by its action.
+    /// Counts one item by its action and by its outcome.
     pub fn count(&mut self, item: &Item) {
         match item.action {
             Action::Created => self.created += 1,
@@ -73,6 +82,11 @@ impl Counts {
             Action::Unchanged | Action::Echo => self.unchanged += 1,
             Action::Skipped => self.skipped += 1,
             Action::Failed => self.failed += 1,
+        }
+        match item.outcome {
+            "dead_lettered" => self.dead_lettered += 1,
+            "failed" if item.action != Action::Failed => self.failed += 1,
+            _ => {}
         }
     }
 }
@@ -157,7 +171,7 @@ pub async fn add(tx: &mut TenantTx, run: i64, counts: Counts) -> Result<(), Erro
     sqlx::query!(
         "UPDATE sync_runs SET fetched = fetched + $3, created = created + $4,
                 updated = updated + $5, unchanged = unchanged + $6, skipped = skipped + $7,
-                failed = failed + $8
+                failed = failed + $8, dead_lettered = dead_lettered + $9
          WHERE tenant_id = $1 AND id = $2",
         tenant.0,
         run,
@@ -166,7 +180,8 @@ pub async fn add(tx: &mut TenantTx, run: i64, counts: Counts) -> Result<(), Erro
         counts.updated,
         counts.unchanged,
         counts.skipped,
-        counts.failed
+        counts.failed,
+        counts.dead_lettered
     )
     .execute(&mut **tx)
     .await?;
@@ -200,14 +215,16 @@ pub async fn once(
     Ok(run)
 }
 
-/// Ends a run: `succeeded` when nothing failed, `partial` when some items failed, `failed` with
-/// `error` when the run itself could not go on.
+/// Ends a run with its outcome (see [`outcome`]).
 pub async fn finish(tx: &mut TenantTx, run: i64, error: Option<&str>) -> Result<(), Error> {
     let tenant = tx.tenant_id();
+    // The same rule as [`outcome`], on the counts as they stand in the row.
     sqlx::query!(
         "UPDATE sync_runs SET finished_at = now(), error = $3,
                 outcome = CASE WHEN $3::text IS NOT NULL THEN 'failed'
-                               WHEN failed > 0 THEN 'partial' ELSE 'succeeded' END
+                               WHEN failed + dead_lettered = 0 THEN 'succeeded'
+                               WHEN created + updated + unchanged + skipped = 0 THEN 'failed'
+                               ELSE 'partial' END
          WHERE tenant_id = $1 AND id = $2 AND finished_at IS NULL",
         tenant.0,
         run,
@@ -216,6 +233,21 @@ pub async fn finish(tx: &mut TenantTx, run: i64, error: Option<&str>) -> Result<
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// A finished run's outcome: `failed` when the run itself could not go on (`error`) or when
+/// records failed or were dead-lettered and none went through; `partial` when some did and some
+/// failed or were dead-lettered; `succeeded` when nothing failed and nothing was dead-lettered.
+pub fn outcome(counts: &Counts, error: bool) -> &'static str {
+    if error {
+        "failed"
+    } else if counts.failed + counts.dead_lettered == 0 {
+        "succeeded"
+    } else if counts.created + counts.updated + counts.unchanged + counts.skipped == 0 {
+        "failed"
+    } else {
+        "partial"
+    }
 }
 
 /// Writes a batch of items in one statement.
@@ -273,4 +305,74 @@ pub async fn record_items(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(action: Action, outcome: &'static str) -> Item {
+        Item {
+            object: Kind::Contact,
+            direction: "inbound",
+            record_id: None,
+            remote_id: None,
+            action,
+            outcome,
+            error_class: None,
+            error: None,
+            mapping_version: None,
+            changes: None,
+            latency_ms: None,
+        }
+    }
+
+    #[test]
+    fn dead_lettered_items_are_counted_and_make_the_run_partial() {
+        // A record created without the field whose mapping failed, one refused for good, and
+        // two that went through.
+        let items = [
+            item(Action::Created, "dead_lettered"),
+            item(Action::Failed, "dead_lettered"),
+            item(Action::Updated, "ok"),
+            item(Action::Unchanged, "ok"),
+        ];
+        let counts = Counts::of(4, &items);
+        assert_eq!(
+            counts,
+            Counts {
+                fetched: 4,
+                created: 1,
+                updated: 1,
+                unchanged: 1,
+                skipped: 0,
+                failed: 1,
+                dead_lettered: 2,
+            }
+        );
+        assert_eq!(outcome(&counts, false), "partial");
+        assert_eq!(outcome(&counts, true), "failed");
+        // Only the partly written one: still partial, never "succeeded".
+        let counts = Counts::of(1, &items[..1]);
+        assert_eq!(outcome(&counts, false), "partial");
+    }
+
+    #[test]
+    fn a_run_where_nothing_went_through_failed_and_one_without_problems_succeeded() {
+        let refused = Counts::of(
+            2,
+            &[
+                item(Action::Failed, "dead_lettered"),
+                item(Action::Failed, "dead_lettered"),
+            ],
+        );
+        assert_eq!(outcome(&refused, false), "failed");
+        let fine = Counts::of(2, &[item(Action::Created, "ok"), item(Action::Echo, "ok")]);
+        assert_eq!(outcome(&fine, false), "succeeded");
+        // Created at the CRM, but its association failed: counted created and failed.
+        let half = Counts::of(1, &[item(Action::Created, "failed")]);
+        assert_eq!((half.created, half.failed), (1, 1));
+        assert_eq!(outcome(&half, false), "partial");
+        assert_eq!(outcome(&Counts::default(), false), "succeeded");
+    }
 }

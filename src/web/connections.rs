@@ -17,13 +17,14 @@ use uuid::Uuid;
 
 use super::clock::Clock;
 use super::{Chrome, Flash, render, render_status};
-use crate::alerts::health::{self, ErrorGroup, ObjectState};
+use crate::alerts::health::{self, ErrorGroup, Health, ObjectState};
 use crate::app::AppState;
 use crate::connections::connect::{self, Callback, ConnectFailure};
 use crate::connections::{self, Connection, alerts};
 use crate::connectors::hubspot::limiter::{Limiter, Usage};
 use crate::db::TenantTx;
 use crate::error::{Error, FieldError};
+use crate::history::{self as runs_history, Run, RunFilter};
 use crate::records::Kind;
 use crate::sync::control;
 use crate::tenancy::Role;
@@ -36,11 +37,17 @@ pub struct ProviderChoice {
     pub name: String,
 }
 
+/// A connection in the list, with its state.
+pub struct Listed {
+    pub connection: Connection,
+    pub health: Health,
+}
+
 #[derive(Template)]
 #[template(path = "connections/index.html")]
 struct IndexPage {
     chrome: Chrome,
-    connections: Vec<Connection>,
+    connections: Vec<Listed>,
     providers: Vec<ProviderChoice>,
     alerts: Vec<alerts::Alert>,
 }
@@ -59,12 +66,14 @@ pub async fn index(
     user: CurrentUser,
 ) -> Result<Response, Error> {
     let mut tx = state.db.tenant(user.tenant_id).await?;
-    let mut connections = connections::list(&mut tx).await?;
+    let mut listed = Vec::new();
+    for mut connection in connections::list(&mut tx).await? {
+        let (health, _) = health::health(&mut tx, connection.id, connection.status).await?;
+        connection.provider = provider_name(&state, &connection.provider);
+        listed.push(Listed { connection, health });
+    }
     let alerts = alerts::open(&mut tx).await?;
     tx.commit().await?;
-    for c in &mut connections {
-        c.provider = provider_name(&state, &c.provider);
-    }
     let providers = state
         .providers
         .all()
@@ -75,7 +84,7 @@ pub async fn index(
         .collect();
     render(&IndexPage {
         chrome: Chrome::for_user(&session, &user, "Connections", "connections").await?,
-        connections,
+        connections: listed,
         providers,
         alerts,
     })
@@ -192,6 +201,10 @@ struct ShowPage {
     budget: Option<Budget>,
     errors: Vec<ErrorGroup>,
     open_dead_letters: i64,
+    /// The connection's state and why (blocked, overdue, degraded or healthy).
+    health: Health,
+    /// Its newest runs, with their outcomes and counts.
+    runs: Vec<Run>,
     form_errors: Vec<FieldError>,
     resync_object: String,
 }
@@ -234,12 +247,22 @@ pub fn format_interval(interval: Duration) -> String {
     }
 }
 
-async fn sync_state(tx: &mut TenantTx, connection: &Connection) -> Result<SyncState, Error> {
-    Ok(SyncState {
-        connection_id: connection.id,
-        active: connection.status == connections::Status::Active,
-        objects: health::objects(tx, connection.id).await?,
-    })
+/// How many of the connection's newest runs its page lists.
+const RECENT_RUNS: i64 = 5;
+
+async fn sync_state(
+    tx: &mut TenantTx,
+    connection: &Connection,
+) -> Result<(SyncState, Health), Error> {
+    let (health, objects) = health::health(tx, connection.id, connection.status).await?;
+    Ok((
+        SyncState {
+            connection_id: connection.id,
+            active: connection.status == connections::Status::Active,
+            objects,
+        },
+        health,
+    ))
 }
 
 /// The account's API budget use, or `None` when Redis does not answer within a second.
@@ -285,10 +308,15 @@ async fn page(
 ) -> Result<Response, Error> {
     let mut tx = state.db.tenant(user.tenant_id).await?;
     let mut connection = connections::find(&mut tx, id).await?;
-    let sync = sync_state(&mut tx, &connection).await?;
+    let (sync, health) = sync_state(&mut tx, &connection).await?;
     let interval = control::poll_interval(&mut tx, id).await?;
     let errors = health::error_groups(&mut tx, id).await?;
     let open_dead_letters = health::open_dead_letters(&mut tx, id).await?;
+    let filter = RunFilter {
+        connection: Some(id),
+        ..RunFilter::default()
+    };
+    let (runs, _) = runs_history::list_runs(&mut tx, &filter, RECENT_RUNS).await?;
     tx.commit().await?;
     let budget = budget(state, &connection.remote_account_id).await;
     connection.provider = provider_name(state, &connection.provider);
@@ -306,6 +334,8 @@ async fn page(
             budget,
             errors,
             open_dead_letters,
+            health,
+            runs,
             form_errors: extras.form_errors,
             resync_object: extras.resync_object,
         },
@@ -329,7 +359,11 @@ pub async fn sync_state_fragment(
 ) -> Result<Response, Error> {
     let mut tx = state.db.tenant(user.tenant_id).await?;
     let connection = connections::find(&mut tx, id).await?;
-    let sync = sync_state(&mut tx, &connection).await?;
+    let sync = SyncState {
+        connection_id: connection.id,
+        active: connection.status == connections::Status::Active,
+        objects: health::objects(&mut tx, connection.id).await?,
+    };
     tx.commit().await?;
     let mut response = render(&SyncStateFragment {
         sync,

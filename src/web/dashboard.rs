@@ -10,7 +10,7 @@ use tower_sessions::Session;
 use super::clock::Clock;
 use super::{Chrome, render};
 use crate::alerts::delivery::label;
-use crate::alerts::health::{self, Hour, Summary};
+use crate::alerts::health::{self, Health, Hour, RunTally, Summary};
 use crate::app::AppState;
 use crate::connections::{self, Connection, Status, alerts};
 use crate::error::Error;
@@ -87,6 +87,10 @@ impl Chart {
 pub struct Row {
     pub connection: Connection,
     pub summary: Summary,
+    /// Its state and why (the badge says "Active" only when nothing is wrong).
+    pub health: Health,
+    /// Its runs of the last 24 hours by outcome.
+    pub runs: RunTally,
     pub throughput: Chart,
     pub errors: Chart,
 }
@@ -150,12 +154,18 @@ pub async fn index(
     let keys = api_keys::list(&mut tx).await?;
     let connections = connections::list(&mut tx).await?;
     let mut summaries = health::summaries(&mut tx).await?;
+    let mut states = Vec::with_capacity(connections.len());
+    for connection in &connections {
+        let (state, _) = health::health(&mut tx, connection.id, connection.status).await?;
+        let runs = health::run_tally(&mut tx, connection.id).await?;
+        states.push((state, runs));
+    }
     let open = alerts::open(&mut tx).await?;
     tx.commit().await?;
     let chrome = Chrome::for_user(&session, &user, "Dashboard", "dashboard").await?;
     let active_keys = keys.iter().filter(|k| k.revoked_at.is_none()).count();
     let mut rows = Vec::new();
-    for mut connection in connections {
+    for (mut connection, (health, runs)) in connections.into_iter().zip(states) {
         let Some(at) = summaries.iter().position(|s| s.connection == connection.id) else {
             continue;
         };
@@ -168,6 +178,8 @@ pub async fn index(
             errors: Chart::new(&summary.hours, &chrome.clock, "failures", |h| h.failed),
             summary,
             connection,
+            health,
+            runs,
         });
     }
     let needs_reauth = rows

@@ -402,3 +402,246 @@ async fn the_progress_bar_follows_the_backfill_and_the_buttons_drive_the_sandbox
     assert!(again >= 250, "{again}");
     assert_eq!(synced.local_count("contacts").await, 250, "no duplicates");
 }
+
+/// The part of a page from `start` to the next `</article>` or `</section>` (one card).
+fn card<'a>(html: &'a str, start: &str) -> &'a str {
+    let Some(from) = html.find(start) else {
+        return "";
+    };
+    let rest = &html[from..];
+    let end = ["</article>", "</section>"]
+        .iter()
+        .filter_map(|tag| rest.find(tag))
+        .min()
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// The connection's state as its page and the dashboard show it: the badge's `data-state` and
+/// text, and the problem keys listed.
+async fn shown_state(browser: &Browser, id: Uuid) -> (String, String) {
+    let page = browser.page(&format!("/connections/{id}")).await;
+    let dashboard = browser.page("/").await;
+    (
+        card(&page, "id=\"connection-health\"").to_string(),
+        card(&dashboard, &format!("id=\"health-{id}\"")).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_blocked_overdue_or_degraded_connection_says_so_and_why_and_only_to_its_tenant() {
+    let app = spawn_app().await;
+    let owner = app.owner("Acme", "jane@acme.test").await;
+    let (id, tenant) = seed_connection(&app, "jane@acme.test", "active").await;
+    let page = format!("/connections/{id}");
+
+    // Nothing wrong: Active, in green, on the page and the dashboard.
+    let html = owner.page(&page).await;
+    assert!(
+        html.contains(
+            "class=\"badge badge-ok\" id=\"connection-status\" data-state=\"healthy\">Active<"
+        ),
+        "{html}"
+    );
+    let (health, dashboard) = shown_state(&owner, id).await;
+    assert!(health.contains("data-state=\"healthy\""), "{health}");
+    assert!(
+        dashboard.contains("data-state=\"healthy\">Active<"),
+        "{dashboard}"
+    );
+
+    // A poll five minutes past due: overdue, by how much, and why.
+    sqlx::query(
+        "UPDATE sync_cursors SET next_poll_at = now() - interval '5 minutes 10 seconds'
+         WHERE connection_id = $1 AND object = 'deal'",
+    )
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("overdue");
+    let html = owner.page(&page).await;
+    assert!(
+        html.contains("id=\"connection-status\" data-state=\"overdue\">Overdue<"),
+        "{html}"
+    );
+    assert!(!html.contains("badge-ok\" id=\"connection-status\""));
+    let fragment = fragment(&owner, id).await;
+    let deal = card(&fragment, "id=\"object-deal\"");
+    assert!(deal.contains("overdue by 5 min"), "{deal}");
+    let (health, dashboard) = shown_state(&owner, id).await;
+    for shown in [&health, &dashboard] {
+        assert!(
+            shown.contains("data-problem=\"poll_overdue:deal\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("The poll of deals is overdue by 5 min"),
+            "{shown}"
+        );
+        assert!(shown.contains("ferry work"), "{shown}");
+        assert!(
+            shown.contains(&format!(
+                "href=\"/history?connection={id}&#38;object=deal\""
+            )),
+            "{shown}"
+        );
+    }
+    assert!(
+        dashboard.contains("data-state=\"overdue\">Overdue<"),
+        "{dashboard}"
+    );
+
+    // Webhook events held by the connection's retry gate after the CRM failed: blocked.
+    sqlx::query(
+        "INSERT INTO inbound_events (tenant_id, connection_id, dedupe_key, subscription_type,
+                                     object, object_id, occurred_at, payload, received_at)
+         SELECT $1, $2, 'k' || i, 'contact.propertyChange', 'contact', i::text, now(), '{}',
+                now() - interval '7 minutes'
+         FROM generate_series(1, 3) AS i",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("events");
+    sqlx::query(
+        "UPDATE sync_connections SET inbound_retry_at = now() + interval '50 minutes',
+                inbound_failures = 4, last_error = 'HubSpot answered 503', last_error_at = now()
+         WHERE connection_id = $1",
+    )
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("gate");
+    sqlx::query(
+        "INSERT INTO dead_letters (tenant_id, connection_id, object, direction, scope, work_key,
+                                   payload, error_class, error, attempts)
+         VALUES ($1, $2, 'contact', 'inbound', 'record', 'contact:9', '{}', 'permanent',
+                 'the value map titles has no pair for Boss', 1)",
+    )
+    .bind(tenant.0)
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("letter");
+    let html = owner.page(&page).await;
+    assert!(
+        html.contains(
+            "class=\"badge badge-danger\" id=\"connection-status\" data-state=\"blocked\">Blocked<"
+        ),
+        "{html}"
+    );
+    let (health, dashboard) = shown_state(&owner, id).await;
+    for shown in [&health, &dashboard] {
+        assert!(shown.contains("data-problem=\"events_held\""), "{shown}");
+        assert!(
+            shown.contains("3 webhook events waiting (the oldest for 7 min)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("failed 4 times in a row (HubSpot answered 503)"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("Next try in 49 min") || shown.contains("Next try in 50 min"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("href=\"/dlq?connection={id}\"")),
+            "{shown}"
+        );
+        // The open letter degrades it too, and the overdue poll is still listed.
+        assert!(shown.contains("data-problem=\"dead_letters\""), "{shown}");
+        assert!(
+            shown.contains("data-problem=\"poll_overdue:deal\""),
+            "{shown}"
+        );
+        // Worst first.
+        let held = shown.find("events_held").unwrap_or(usize::MAX);
+        let late = shown.find("poll_overdue").unwrap_or(0);
+        assert!(held < late, "{shown}");
+    }
+    assert!(
+        dashboard.contains("data-state=\"blocked\">Blocked<"),
+        "{dashboard}"
+    );
+    let list = owner.page("/connections").await;
+    let row = card(&list, &format!("id=\"connection-{id}\""));
+    assert!(row.contains("data-state=\"blocked\""), "{list}");
+    assert!(row.contains("Webhook events held"), "{row}");
+
+    // The CRM answers again: two events go through, the third one's record fails alone and
+    // waits for its own retry; the poll runs. Degraded: the open letter and the retrying event.
+    sqlx::query(
+        "UPDATE inbound_events SET status = 'processed' WHERE connection_id = $1 AND object_id <> '3'",
+    )
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("processed");
+    sqlx::query(
+        "UPDATE inbound_events SET attempts = 1, retry_at = now() + interval '3 minutes',
+                error = 'HubSpot answered 400: Property values were not valid'
+         WHERE connection_id = $1 AND object_id = '3'",
+    )
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("retrying");
+    sqlx::query("UPDATE sync_connections SET inbound_retry_at = NULL WHERE connection_id = $1")
+        .bind(id)
+        .execute(app.pool())
+        .await
+        .expect("gate open");
+    sqlx::query(
+        "UPDATE sync_cursors SET next_poll_at = now() + interval '1 minute' WHERE connection_id = $1",
+    )
+    .bind(id)
+    .execute(app.pool())
+    .await
+    .expect("polled");
+    let (health, dashboard) = shown_state(&owner, id).await;
+    for shown in [&health, &dashboard] {
+        assert!(shown.contains("data-problem=\"dead_letters\""), "{shown}");
+        assert!(
+            shown.contains("data-problem=\"events_retrying\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("1 webhook event of a record failed and is retried on its own"),
+            "{shown}"
+        );
+        assert!(shown.contains("Property values were not valid"), "{shown}");
+        assert!(
+            !shown.contains("events_held") && !shown.contains("poll_overdue"),
+            "{shown}"
+        );
+    }
+    assert!(
+        dashboard.contains("data-state=\"degraded\">Degraded<"),
+        "{dashboard}"
+    );
+
+    // Another tenant: 404 on the pages, none of it on its dashboard or list, and its own
+    // connection healthy beside it.
+    let other = app.owner("Globex", "hank@globex.test").await;
+    let (theirs, _) = seed_connection(&app, "hank@globex.test", "active").await;
+    for path in [page.clone(), format!("/connections/{id}/sync-state")] {
+        let answer = other.get(&path).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        let body = answer.text().await.expect("body");
+        assert!(!body.contains("data-problem"), "{path}");
+    }
+    for path in ["/", "/connections"] {
+        let html = other.page(path).await;
+        assert!(!html.contains(&id.to_string()), "{path}");
+        assert!(!html.contains("data-problem"), "{path}: {html}");
+        assert!(!html.contains("HubSpot answered 503"), "{path}");
+    }
+    let (health, dashboard) = shown_state(&other, theirs).await;
+    assert!(health.contains("data-state=\"healthy\""), "{health}");
+    assert!(
+        dashboard.contains("data-state=\"healthy\">Active<"),
+        "{dashboard}"
+    );
+}

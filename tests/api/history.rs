@@ -458,3 +458,165 @@ async fn history_pages_are_for_members_only() {
         assert_eq!(response.status(), StatusCode::SEE_OTHER, "{path}");
     }
 }
+
+/// A contact mapping whose job-title rule fails on every title but "Nobody" (a value map with
+/// one pair): records are written without their job title and dead-lettered.
+fn failing_job_titles() -> ferry::mapping::Mapping {
+    use ferry::mapping::{Transform, ValueMap};
+    let mut mapping = ferry::mapping::defaults::hubspot(
+        ferry::records::Kind::Contact,
+        ferry::mapping::Settings::default(),
+    );
+    mapping
+        .value_maps
+        .insert("titles".into(), ValueMap::new(&[("Nobody", "nobody")]));
+    for rule in &mut mapping.rules {
+        if rule.local.as_str() == "job_title" {
+            rule.inbound.push(Transform::Map {
+                map: "titles".into(),
+            });
+        }
+    }
+    mapping
+}
+
+#[tokio::test]
+async fn a_sync_that_dead_lettered_records_reads_partial_with_its_counts_everywhere() {
+    use std::time::Duration;
+
+    let mut synced = crate::sync::Synced::start_idle(30, 0, 0).await;
+    {
+        let mut tx = synced.tx().await;
+        let actor = ferry::tenancy::audit::Actor::system("test");
+        let meta = ferry::tenancy::audit::RequestMeta::default();
+        ferry::mapping::versions::save(
+            &mut tx,
+            synced.connection,
+            &failing_job_titles(),
+            &[],
+            &ferry::mapping::versions::Author {
+                actor: &actor,
+                label: "test",
+                user: None,
+                meta: &meta,
+            },
+            "test",
+        )
+        .await
+        .expect("save mapping");
+        tx.commit().await.expect("commit");
+    }
+    synced.start_worker();
+    synced.wait_backfilled(Duration::from_secs(60)).await;
+    let tenant = synced.tenant.0;
+    let app = &synced.setup.app;
+    // The backfill's run, as the engine finished it.
+    type Counted = (i64, String, i32, i32, i32, i32);
+    let finished = crate::helpers::eventually(Duration::from_secs(30), || async {
+        let run: Option<Counted> = sqlx::query_as(
+            "SELECT id, outcome, fetched, created, failed, dead_lettered FROM sync_runs
+             WHERE tenant_id = $1 AND kind = 'backfill' AND object = 'contact'
+               AND finished_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_optional(app.pool())
+        .await
+        .expect("run");
+        run.is_some()
+    })
+    .await;
+    assert!(finished, "{:?}", synced.letters().await);
+    let (run, outcome, fetched, created, failed, dead_lettered): Counted = sqlx::query_as(
+        "SELECT id, outcome, fetched, created, failed, dead_lettered FROM sync_runs
+         WHERE tenant_id = $1 AND kind = 'backfill' AND object = 'contact'",
+    )
+    .bind(tenant)
+    .fetch_one(app.pool())
+    .await
+    .expect("run");
+    let letters: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE tenant_id = $1 AND status = 'open'
+           AND scope = 'record' AND run_id = $2",
+    )
+    .bind(tenant)
+    .bind(run)
+    .fetch_one(app.pool())
+    .await
+    .expect("letters");
+    // Every record was written (without its job title); those with a title were dead-lettered.
+    assert!(letters >= 25, "{:?}", synced.letters().await);
+    assert_eq!((fetched, created, failed), (30, 30, 0));
+    assert_eq!(i64::from(dead_lettered), letters);
+    assert_eq!(outcome, "partial");
+
+    // The history list and the run page say so, with the counts.
+    let owner = &synced.owner;
+    let html = owner.page("/history").await;
+    let row = html
+        .split("<tr data-run=")
+        .find(|row| row.starts_with(&format!("\"{run}\"")))
+        .unwrap_or_default();
+    assert!(row.contains("badge-outcome-partial\">partial<"), "{row}");
+    assert!(row.contains("30 created"), "{row}");
+    assert!(row.contains("data-count=\"failed\">0 failed<"), "{row}");
+    assert!(
+        row.contains(&format!(
+            "href=\"/history/{run}?show=problems\">{letters} dead-lettered<"
+        )),
+        "{row}"
+    );
+    let html = owner.page(&format!("/history/{run}")).await;
+    assert!(html.contains("badge-outcome-partial\">partial<"), "{html}");
+    assert!(html.contains(&format!("id=\"count-dead-lettered\">{letters}<")));
+    assert!(html.contains("id=\"count-created\">30<"));
+    assert!(html.contains("id=\"run-problems\""));
+    let html = owner
+        .page(&format!(
+            "/history?outcome=partial&connection={}",
+            synced.connection
+        ))
+        .await;
+    assert!(data_ids(&html, "run").contains(&run), "{html}");
+
+    // The connection page's latest runs and cursor, and the dashboard: partial, degraded.
+    let id = synced.connection;
+    let html = owner.page(&format!("/connections/{id}")).await;
+    assert!(
+        !html.contains("badge-ok\" id=\"connection-status\""),
+        "{html}"
+    );
+    assert!(html.contains("data-problem=\"dead_letters\""), "{html}");
+    assert!(html.contains(&format!("{letters} dead-lettered")), "{html}");
+    let dashboard = owner.page("/").await;
+    assert!(
+        dashboard.contains("data-state=\"degraded\">Degraded<"),
+        "{dashboard}"
+    );
+    assert!(
+        dashboard.contains("data-problem=\"dead_letters\""),
+        "{dashboard}"
+    );
+    assert!(
+        dashboard.contains(&format!("/history?connection={id}&amp;outcome=partial")),
+        "{dashboard}"
+    );
+
+    // Another tenant sees none of it.
+    let other = app.owner("Globex", "hank@globex.test").await;
+    for path in [
+        format!("/history/{run}"),
+        format!("/history/{run}?show=problems"),
+        format!("/history?connection={id}"),
+        format!("/connections/{id}"),
+    ] {
+        let answer = other.get(&path).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND, "{path}");
+        let body = answer.text().await.expect("body");
+        assert!(!body.contains("dead-lettered<"), "{path}");
+    }
+    let html = other.page("/history?outcome=partial").await;
+    assert!(data_ids(&html, "run").is_empty(), "{html}");
+    let html = other.page("/").await;
+    assert!(!html.contains(&id.to_string()) && !html.contains("data-problem"));
+    synced.kill_worker().await;
+}
