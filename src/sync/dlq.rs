@@ -55,18 +55,41 @@ impl Letter<'_> {
             (Some(remote), None) => remote.to_string(),
             (None, None) => String::new(),
         };
-        format!(
+        super::retry::storable_text(format!(
             "{}:{}:{}:{subject}",
             self.direction,
             self.object.as_str(),
             self.scope.as_str()
-        )
+        ))
     }
 }
 
 /// Files a letter (or adds an attempt to the open one for the same work). Returns its id.
+///
+/// What the letter keeps is made storable first: a letter is often about a value Postgres cannot
+/// hold (a NUL a CRM sent), and filing it must not fail on that same value.
 pub async fn file(tx: &mut TenantTx, letter: &Letter<'_>) -> Result<i64, Error> {
+    file_after(tx, letter, &[]).await
+}
+
+/// [`file`], with the attempts that failed before this one listed first.
+async fn file_after(
+    tx: &mut TenantTx,
+    letter: &Letter<'_>,
+    earlier: &[Earlier],
+) -> Result<i64, Error> {
     let tenant = tx.tenant_id();
+    let storable;
+    let payload = if super::retry::unstorable(letter.payload).is_some() {
+        storable = super::retry::storable(letter.payload);
+        &storable
+    } else {
+        letter.payload
+    };
+    let remote_id = letter
+        .remote_id
+        .map(|id| super::retry::storable_text(id.to_string()));
+    let message = super::retry::storable_text(letter.failure.message.clone());
     let id = sqlx::query_scalar!(
         "INSERT INTO dead_letters (tenant_id, connection_id, object, direction, scope, remote_id,
                                    record_id, work_key, payload, error_class, error, attempts,
@@ -82,21 +105,82 @@ pub async fn file(tx: &mut TenantTx, letter: &Letter<'_>) -> Result<i64, Error> 
         letter.object.as_str(),
         letter.direction,
         letter.scope.as_str(),
-        letter.remote_id,
+        remote_id,
         letter.record_id,
         letter.work_key(),
-        letter.payload,
+        payload,
         letter.failure.class.as_str(),
-        letter.failure.message,
+        message,
         letter.attempts.max(1),
         letter.run_id
     )
     .fetch_one(&mut **tx)
     .await?;
+    for attempt in earlier {
+        let class = match attempt.class.as_str() {
+            "transient" | "permanent" | "auth" => attempt.class.as_str(),
+            _ => "transient",
+        };
+        sqlx::query!(
+            "INSERT INTO dead_letter_attempts (tenant_id, dead_letter_id, at, error_class, error,
+                                               status)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            tenant.0,
+            id,
+            attempt.at,
+            class,
+            super::retry::storable_text(attempt.error.clone()),
+            attempt.status
+        )
+        .execute(&mut **tx)
+        .await?;
+    }
     attempt(tx, id, letter.failure).await?;
     metrics::counter!("ferry_dead_letters_filed_total", "direction" => letter.direction)
         .increment(1);
     Ok(id)
+}
+
+/// An attempt of a letter's work that failed before the letter was filed (kept with the work
+/// meanwhile, e.g. on a webhook event).
+#[derive(Debug, Clone)]
+pub struct Earlier {
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub class: String,
+    pub error: String,
+    pub status: Option<i32>,
+}
+
+impl Earlier {
+    /// Reads `{"at", "class", "error", "status"}`.
+    pub fn from_json(value: &Json) -> Option<Earlier> {
+        Some(Earlier {
+            at: value.get("at")?.as_str()?.parse().ok()?,
+            class: value.get("class")?.as_str()?.to_string(),
+            error: value.get("error")?.as_str()?.to_string(),
+            status: value
+                .get("status")
+                .and_then(Json::as_i64)
+                .and_then(|s| i32::try_from(s).ok()),
+        })
+    }
+}
+
+/// Files a letter whose work failed `earlier` before this failure: each earlier attempt is
+/// listed with its time and answer, so the letter's history holds as many attempts as it
+/// counts.
+pub async fn file_with_history(
+    tx: &mut TenantTx,
+    letter: &Letter<'_>,
+    earlier: &[Earlier],
+) -> Result<i64, Error> {
+    let counted = Letter {
+        attempts: i32::try_from(earlier.len())
+            .unwrap_or(i32::MAX)
+            .saturating_add(1),
+        ..letter.clone()
+    };
+    file_after(tx, &counted, earlier).await
 }
 
 /// Records one failed attempt of a letter's work.
@@ -108,7 +192,7 @@ pub async fn attempt(tx: &mut TenantTx, id: i64, failure: &Failure) -> Result<()
         tenant.0,
         id,
         failure.class.as_str(),
-        failure.message,
+        super::retry::storable_text(failure.message.clone()),
         failure.status.map(i32::from)
     )
     .execute(&mut **tx)

@@ -144,6 +144,7 @@ pub fn remote_record(record: &Record) -> RemoteRecord {
 
 /// The dead-letter payload of an inbound record.
 pub fn payload(record: &Record) -> Json {
+    // Made storable (NULs escaped) when filed: see `dlq::file`.
     json!({ "remote": {
         "id": record.id,
         "properties": record.properties,
@@ -272,7 +273,136 @@ pub fn prepare(ctx: &Context, records: &[Record]) -> Prepared {
 
 /// [`apply`] for a caller that already holds the records' [`lock_names`] in `tx`, with their
 /// first-sight mappings made ahead by [`prepare`] (same records, order and context).
+///
+/// One record must not fail the others: a record whose values Ferry cannot store is refused
+/// before anything is written (see [`poison`]), and should a statement of the batch still fail
+/// because of a value (SQLSTATE class 22, or a stored value that cannot be read back), the
+/// batch is rolled back to a savepoint and applied again one record at a time, each in a
+/// savepoint of its own: the record that fails is dead-lettered with the reason, the others
+/// are written.
 pub async fn apply_prepared(
+    tx: &mut TenantTx,
+    ctx: &Context,
+    records: &[Record],
+    prepared: Option<Prepared>,
+) -> Result<Applied, Error> {
+    if records.is_empty() {
+        return Ok(Applied::default());
+    }
+    sqlx::query!("SAVEPOINT inbound_batch")
+        .execute(&mut **tx)
+        .await?;
+    let err = match apply_batch(tx, ctx, records, prepared).await {
+        Ok(out) => {
+            sqlx::query!("RELEASE SAVEPOINT inbound_batch")
+                .execute(&mut **tx)
+                .await?;
+            return Ok(out);
+        }
+        Err(err) if super::retry::is_value_error(&err) => err,
+        Err(err) => return Err(err),
+    };
+    tracing::warn!(
+        connection = %ctx.connection,
+        kind = ctx.kind.as_str(),
+        records = records.len(),
+        error = %Failure::from(err),
+        "a value failed a batch of CRM records; applying them one by one"
+    );
+    sqlx::query!("ROLLBACK TO SAVEPOINT inbound_batch")
+        .execute(&mut **tx)
+        .await?;
+    let mut out = Applied::default();
+    for record in records {
+        sqlx::query!("SAVEPOINT inbound_record")
+            .execute(&mut **tx)
+            .await?;
+        match apply_batch(tx, ctx, std::slice::from_ref(record), None).await {
+            Ok(one) => {
+                out.items.extend(one.items);
+                out.rejected.extend(one.rejected);
+                out.written.extend(one.written);
+            }
+            Err(err) if super::retry::is_value_error(&err) => {
+                sqlx::query!("ROLLBACK TO SAVEPOINT inbound_record")
+                    .execute(&mut **tx)
+                    .await?;
+                let mut item = failed_item(ctx, record);
+                dead_letter(
+                    &mut out.rejected,
+                    &mut item,
+                    record,
+                    None,
+                    Failure::from(err),
+                );
+                out.items.push(item);
+            }
+            Err(err) => return Err(err),
+        }
+        sqlx::query!("RELEASE SAVEPOINT inbound_record")
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query!("RELEASE SAVEPOINT inbound_batch")
+        .execute(&mut **tx)
+        .await?;
+    Ok(out)
+}
+
+/// The history item of a record that failed before anything of it was written.
+fn failed_item(ctx: &Context, record: &Record) -> Item {
+    Item {
+        object: ctx.kind,
+        direction: "inbound",
+        record_id: None,
+        remote_id: Some(super::retry::storable_text(record.id.clone())),
+        action: Action::Failed,
+        outcome: "ok",
+        error_class: None,
+        error: None,
+        mapping_version: Some(ctx.mapping.version),
+        changes: None,
+        latency_ms: None,
+    }
+}
+
+/// Why a CRM record cannot be stored as it is, naming the property: a NUL character (U+0000) in
+/// its id, a property's name or value. HubSpot stores such values; Postgres `text` and `jsonb`
+/// cannot hold them, and an escape would change the value users see, so the record is
+/// dead-lettered instead (see docs/decisions.md): fixed at the CRM, a replay brings it in.
+pub fn poison(record: &Record) -> Option<Failure> {
+    if record.id.contains('\0') {
+        return Some(Failure::permanent(format!(
+            "the CRM record id {}",
+            super::retry::NUL
+        )));
+    }
+    let (name, _) = record.properties.iter().find(|(name, value)| {
+        name.contains('\0') || value.as_deref().is_some_and(|v| v.contains('\0'))
+    })?;
+    Some(Failure::permanent(format!(
+        "CRM property {} {}; fix the value in the CRM, then replay",
+        super::retry::storable_text(name.clone()),
+        super::retry::NUL
+    )))
+}
+
+/// Why mapped values cannot be stored and read back as they are (a transform's output), naming
+/// the field.
+fn unstorable_patch(patch: &Map<String, Json>) -> Option<Failure> {
+    patch.iter().find_map(|(field, value)| {
+        let (path, why) = super::retry::unstorable(value)?;
+        let name = if path.is_empty() {
+            field.clone()
+        } else {
+            format!("{field}.{path}")
+        };
+        Some(Failure::permanent(format!("field {name} {why}")))
+    })
+}
+
+/// [`apply_prepared`] without the isolation: any error fails the whole batch.
+async fn apply_batch(
     tx: &mut TenantTx,
     ctx: &Context,
     records: &[Record],
@@ -360,6 +490,13 @@ pub async fn apply_prepared(
             out.items.push(item);
             continue;
         }
+        if let Some(failure) = poison(record) {
+            item.action = Action::Failed;
+            let linked = link.as_ref().map(|l| l.record_id);
+            dead_letter(&mut out.rejected, &mut item, record, linked, failure);
+            out.items.push(item);
+            continue;
+        }
         // A first sight already mapped: the record-by-record path below reuses the mapping.
         let mut mapped = None;
         if link.is_none()
@@ -373,7 +510,13 @@ pub async fn apply_prepared(
             if !collides && !matches {
                 // A new record: validated now, written with the others.
                 let patch = first.mapped.patch();
-                match service::validate(tx, ctx.kind, &patch).await {
+                let checked = match unstorable_patch(&patch) {
+                    Some(failure) => Err(RecordError::Rejected(failure)),
+                    None => service::validate(tx, ctx.kind, &patch)
+                        .await
+                        .map_err(RecordError::from),
+                };
+                match checked {
                     Ok(fields) => {
                         if let Some(email) = first.email {
                             new_emails.insert(email);
@@ -391,14 +534,12 @@ pub async fn apply_prepared(
                             took: started.elapsed(),
                         });
                     }
-                    Err(err) => match RecordError::from(err) {
-                        RecordError::Rejected(failure) => {
-                            item.action = Action::Failed;
-                            item.latency_ms = Some(runs::millis(started.elapsed()));
-                            dead_letter(&mut out.rejected, &mut item, record, None, failure);
-                        }
-                        RecordError::Db(err) => return Err(err),
-                    },
+                    Err(RecordError::Rejected(failure)) => {
+                        item.action = Action::Failed;
+                        item.latency_ms = Some(runs::millis(started.elapsed()));
+                        dead_letter(&mut out.rejected, &mut item, record, None, failure);
+                    }
+                    Err(RecordError::Db(err)) => return Err(err),
                 }
                 out.items.push(item);
                 continue;
@@ -642,6 +783,8 @@ impl From<Error> for RecordError {
             Error::Validation(_) | Error::Conflict(_) | Error::NotFound | Error::BadRequest(_) => {
                 RecordError::Rejected(Failure::from(err))
             }
+            // A value error aborts the transaction: the batch is applied again one record at a
+            // time (see `apply_prepared`), where it lands on its record.
             other => RecordError::Db(other),
         }
     }
@@ -693,6 +836,9 @@ async fn apply_one(
         // A new record (no link, so `fresh` was computed).
         let mapped = fresh.unwrap_or_else(|| apply_inbound(&remote, &ctx.mapping.mapping, None));
         let patch = mapped.patch();
+        if let Some(failure) = unstorable_patch(&patch) {
+            return Err(RecordError::Rejected(failure));
+        }
         let fields = service::validate(tx, kind, &patch).await?;
         let written = service::create(tx, kind, &fields, &ctx.origin, Some(key)).await?;
         return Ok(Done {
@@ -733,7 +879,11 @@ async fn apply_one(
         Action::Unchanged
     };
     if !mapped.changes.is_empty() {
-        let fields = service::merged(tx, kind, &current.fields, mapped.patch()).await?;
+        let patch = mapped.patch();
+        if let Some(failure) = unstorable_patch(&patch) {
+            return Err(RecordError::Rejected(failure));
+        }
+        let fields = service::merged(tx, kind, &current.fields, patch).await?;
         let written =
             service::write_update(tx, kind, id, version, false, fields, &ctx.origin).await?;
         if written.record.version != version && !matched {

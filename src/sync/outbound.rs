@@ -513,8 +513,25 @@ async fn push_all(
 ) -> Result<Vec<Pushed>, Failure> {
     let mut tx = state.db.tenant(tenant).await?;
     let mut loaded = Vec::with_capacity(changes.len());
+    // A record that cannot be read as stored (a value that does not read back) fails alone:
+    // dead-lettered, and the others are pushed.
+    let mut unreadable: Vec<Pushed> = Vec::new();
     for change in changes {
-        loaded.push(load(&mut tx, connection, crm, mappings, change).await?);
+        match load(&mut tx, connection, crm, mappings, change).await {
+            Ok(one) => loaded.push(one),
+            Err(failure) if failure.class == Class::Permanent => {
+                tracing::warn!(%connection, kind = change.kind.as_str(), record = %change.record, error = %failure.message, "a local record could not be read for its push");
+                let version = mappings.get(&change.kind).map(|m| m.version);
+                let item = outbound_item(change.kind, change.record, None, version);
+                let payload = json!({ "record_id": change.record, "properties": {} });
+                unreadable.push(rejected(item, failure, payload));
+                // The failed statement may have ended the transaction: the others are read in
+                // a new one (reads only, nothing is lost).
+                drop(tx);
+                tx = state.db.tenant(tenant).await?;
+            }
+            Err(failure) => return Err(failure),
+        }
     }
     tx.commit().await?;
     let current = read_current(crm, mappings, &loaded).await?;
@@ -661,7 +678,7 @@ async fn push_all(
     for ((kind, write), writes) in batched {
         write_all(crm, kind, write, writes, &mut done).await?;
     }
-    Ok(done.into_iter().flatten().collect())
+    Ok(done.into_iter().flatten().chain(unreadable).collect())
 }
 
 /// The history item of a push, before it is made.

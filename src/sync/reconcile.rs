@@ -58,7 +58,8 @@ pub async fn run(state: &AppState) -> Result<Found, Error> {
          JOIN connections n ON n.id = s.connection_id AND n.status = 'active'
          WHERE (s.inbound_retry_at IS NULL OR s.inbound_retry_at <= now())
            AND EXISTS (SELECT 1 FROM inbound_events e
-                       WHERE e.connection_id = s.connection_id AND e.status = 'pending')
+                       WHERE e.connection_id = s.connection_id AND e.status = 'pending'
+                         AND (e.retry_at IS NULL OR e.retry_at <= now()))
          LIMIT $1",
         LIMIT
     )

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use rand::Rng as _;
+use serde_json::Value as Json;
 
 use crate::connections::tokens::TokenError;
 use crate::connectors::hubspot::client::{ApiError, ErrorClass};
@@ -54,7 +55,7 @@ impl Failure {
     pub fn permanent(message: impl Into<String>) -> Failure {
         Failure {
             class: Class::Permanent,
-            message: message.into(),
+            message: storable_text(message.into()),
             status: None,
             not_before: None,
         }
@@ -63,7 +64,7 @@ impl Failure {
     pub fn transient(message: impl Into<String>) -> Failure {
         Failure {
             class: Class::Transient,
-            message: message.into(),
+            message: storable_text(message.into()),
             status: None,
             not_before: None,
         }
@@ -84,7 +85,8 @@ impl From<ApiError> for Failure {
         Failure {
             class,
             status: err.status(),
-            message: err.to_string(),
+            // A CRM's message may quote the value it refused, NUL and all.
+            message: storable_text(err.to_string()),
             not_before,
         }
     }
@@ -110,12 +112,12 @@ impl From<crate::error::Error> for Failure {
     fn from(err: crate::error::Error) -> Failure {
         use crate::error::Error;
         match err {
+            // A value Postgres cannot hold or read back: that item is wrong, not the database.
+            Error::Database(err) => Failure::from(err),
             // Postgres or Redis trouble: try again later.
-            Error::Database(_)
-            | Error::Unavailable(_)
-            | Error::Redis(_)
-            | Error::Session(_)
-            | Error::Join(_) => Failure::transient(err.to_string()),
+            Error::Unavailable(_) | Error::Redis(_) | Error::Session(_) | Error::Join(_) => {
+                Failure::transient(err.to_string())
+            }
             // The record itself is wrong (validation, conflicts): a person must look.
             other => Failure::permanent(describe(&other)),
         }
@@ -124,7 +126,145 @@ impl From<crate::error::Error> for Failure {
 
 impl From<sqlx::Error> for Failure {
     fn from(err: sqlx::Error) -> Failure {
-        Failure::transient(format!("database: {err}"))
+        match value_error(&err) {
+            Some(reason) => Failure::permanent(reason),
+            None => Failure::transient(format!("database: {err}")),
+        }
+    }
+}
+
+/// SQLSTATE class 22 ("data exception"): the statement failed because of a value it was given
+/// (a NUL in text or json, a number out of range, text too long, malformed input), so the same
+/// statement with the same value fails every time.
+const DATA_EXCEPTION: &str = "22";
+
+/// Names of the data exceptions a CRM's or a client's value can cause, for messages (Postgres's
+/// own message can quote the value, so it is not repeated).
+fn data_exception_name(code: &str) -> &'static str {
+    match code {
+        "22001" => "a value too long for its column",
+        "22003" => "a number out of range",
+        "22007" | "22008" => "an invalid date or time",
+        "22012" => "a division by zero",
+        "22021" => "a character Postgres cannot store (NUL)",
+        "22023" => "an invalid parameter value",
+        "22026" => "a value of the wrong length",
+        "22030" | "22032" | "2203A" | "2203B" | "2203C" | "2203D" | "2203E" | "2203F" => {
+            "invalid JSON"
+        }
+        "22P02" => "malformed input for its type",
+        "22P05" => "a character Postgres cannot store in JSON (NUL)",
+        _ => "a value Postgres refused",
+    }
+}
+
+/// Why a database error is the fault of a value (permanent for the item that carries it):
+/// SQLSTATE class 22, or a column whose stored value Ferry cannot read back (a JSON number past
+/// what a 64-bit float holds). `None`: the database itself failed (connection, timeout,
+/// deadlock, serialization, a constraint): worth retrying, or not a value's fault.
+pub fn value_error(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => {
+            let code = db.code()?;
+            code.starts_with(DATA_EXCEPTION).then(|| {
+                format!(
+                    "the database refused {} (SQLSTATE {code})",
+                    data_exception_name(&code)
+                )
+            })
+        }
+        sqlx::Error::ColumnDecode { index, .. } => Some(format!(
+            "a stored value cannot be read back (column {index}): fix or remove it"
+        )),
+        sqlx::Error::Decode(err) => Some(format!("a stored value cannot be read back: {err}")),
+        _ => None,
+    }
+}
+
+/// Whether an error of Ferry's is a database error caused by a value (see [`value_error`]).
+pub fn is_value_error(err: &crate::error::Error) -> bool {
+    matches!(err, crate::error::Error::Database(db) if value_error(db).is_some())
+}
+
+/// Text as Postgres `text` can hold it: NUL characters written as the six characters `\u0000`.
+/// Used for what Ferry writes about a failure (messages, dead-letter payloads), never for
+/// record values (those are refused instead; see docs/decisions.md).
+pub fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\u0000")
+    } else {
+        text
+    }
+}
+
+/// Why a JSON value cannot be stored as Postgres `jsonb` and read back as it was, with the path
+/// of the first offending value: a NUL in a string or a key (SQLSTATE 22P05), or a number so
+/// close to the largest 64-bit float that Postgres's exact decimal form of it no longer parses as
+/// one.
+pub fn unstorable(value: &Json) -> Option<(String, &'static str)> {
+    fn walk(value: &Json, path: &mut String) -> Option<(String, &'static str)> {
+        match value {
+            Json::String(s) if s.contains('\0') => Some((path.clone(), NUL)),
+            Json::Number(n) if !number_roundtrips(n) => Some((path.clone(), HUGE)),
+            Json::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(item, path);
+                path.truncate(len);
+                found
+            }),
+            Json::Object(map) => map.iter().find_map(|(key, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&storable_text(key.clone()));
+                let found = if key.contains('\0') {
+                    Some((path.clone(), NUL))
+                } else {
+                    walk(item, path)
+                };
+                path.truncate(len);
+                found
+            }),
+            _ => None,
+        }
+    }
+    walk(value, &mut String::new())
+}
+
+/// The reasons [`unstorable`] gives.
+pub const NUL: &str = "holds a NUL character (U+0000), which Postgres text and JSON cannot store";
+pub const HUGE: &str =
+    "holds a number too large to be stored and read back (beyond about 1.79e308)";
+
+/// Whether Postgres's exact decimal form of a JSON number (jsonb keeps numbers as `numeric`
+/// and prints them without an exponent) parses back as a JSON number.
+fn number_roundtrips(n: &serde_json::Number) -> bool {
+    let Some(f) = n.as_f64() else {
+        return true;
+    };
+    // Far from the edge: always fine, and the common case costs one comparison.
+    if f.abs() < 1e307 {
+        return true;
+    }
+    serde_json::from_str::<Json>(&format!("{f:.0}")).is_ok_and(|v| v.is_number())
+}
+
+/// A copy of `value` that jsonb can hold: NUL characters written as `\u0000`, numbers that
+/// would not read back as strings of their digits. For what Ferry keeps about a failure
+/// (dead-letter payloads, webhook events as received), where the original stays elsewhere.
+pub fn storable(value: &Json) -> Json {
+    match value {
+        Json::String(s) => Json::String(storable_text(s.clone())),
+        Json::Number(n) if !number_roundtrips(n) => Json::String(n.to_string()),
+        Json::Array(items) => Json::Array(items.iter().map(storable).collect()),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (storable_text(k.clone()), storable(v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -220,6 +360,30 @@ mod tests {
         let samples: Vec<Duration> = (0..200).map(|_| backoff(12)).collect();
         assert!(samples.iter().any(|d| *d < CAP / 2));
         assert!(samples.iter().any(|d| *d > CAP / 2));
+    }
+
+    #[test]
+    fn unstorable_values_are_found_with_their_path_and_made_storable() {
+        let value = serde_json::json!({
+            "ok": 1.5,
+            "big": 1e300,
+            "custom": {"notes": "a\u{0}b", "n": [1, f64::MAX]},
+        });
+        assert!(unstorable(&value).is_some());
+        let nul = serde_json::json!({"custom": {"notes": "a\u{0}b"}});
+        assert_eq!(unstorable(&nul), Some(("custom.notes".to_string(), NUL)));
+        let huge = serde_json::json!({"n": [1, f64::MAX]});
+        assert_eq!(unstorable(&huge), Some(("n[1]".to_string(), HUGE)));
+        assert_eq!(
+            unstorable(&serde_json::json!({"n": 1.79e308, "m": -1e308})),
+            None
+        );
+        let fixed = storable(&value);
+        assert_eq!(unstorable(&fixed), None);
+        assert_eq!(fixed["custom"]["notes"], "a\\u0000b");
+        assert_eq!(fixed["ok"], 1.5);
+        // Postgres's exact form of f64::MAX is what serde_json refuses to read back.
+        assert!(serde_json::from_str::<Json>(&format!("{:.0}", f64::MAX)).is_err());
     }
 
     #[test]

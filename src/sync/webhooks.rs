@@ -25,7 +25,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::inbound::{self, Context, link_key};
-use super::retry::Failure;
+use super::retry::{Class, Failure};
 use super::runs::{self, Counts, RunKind};
 use super::{SyncJob, dlq, poll};
 use crate::app::AppState;
@@ -239,6 +239,14 @@ fn object_of_subscription(subscription: &str) -> Option<Kind> {
 
 /// Routes stored deliveries to connections (one batch of deliveries per call). Returns how many
 /// deliveries it handled.
+///
+/// Each delivery and each event stands alone: a body that is not JSON events, or an event whose
+/// ids cannot be stored (a NUL in them), is noted on its delivery (`error`) and skipped; an
+/// event's payload is kept in a storable form (a NUL written as `\u0000`, a number Postgres could
+/// not give back as written kept as a string; the raw body stays in the delivery), so a value a
+/// CRM record holds never stops routing. Should an insert still fail because of a value, the
+/// events are inserted one by one (a savepoint each) and the one that fails is noted on its
+/// delivery. Every delivery of the batch is then done, and the deliveries behind it move on.
 pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
     // CROSS-TENANT: the router reads deliveries and writes events for whichever tenants they
     // concern; every event row carries its tenant explicitly.
@@ -253,26 +261,34 @@ pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
         return Ok(0);
     }
     let mut routes: HashMap<(String, String), Vec<(Uuid, Uuid)>> = HashMap::new();
-    let mut touched: BTreeSet<(Uuid, Uuid)> = BTreeSet::new();
     let mut columns = EventColumns::default();
+    // Per delivery: why (part of) it could not be routed.
+    let mut problems: BTreeMap<i64, Vec<String>> = BTreeMap::new();
     for delivery in &deliveries {
         let events: Vec<Json> = match serde_json::from_slice(&delivery.body) {
             Ok(Json::Array(events)) => events,
             Ok(single @ Json::Object(_)) => vec![single],
-            _ => {
-                tracing::warn!(
-                    delivery = delivery.id,
-                    "webhook body is not a JSON array of events; dropped"
-                );
+            Ok(_) => {
+                problems
+                    .entry(delivery.id)
+                    .or_default()
+                    .push("the body is not a JSON array of events".into());
+                continue;
+            }
+            Err(err) => {
+                problems
+                    .entry(delivery.id)
+                    .or_default()
+                    .push(format!("the body is not JSON that Ferry can read: {err}"));
                 continue;
             }
         };
-        for raw in events {
+        for (index, raw) in events.into_iter().enumerate() {
             let Ok(event) = serde_json::from_value::<Event>(raw.clone()) else {
-                tracing::warn!(
-                    delivery = delivery.id,
-                    "webhook event without the expected fields; dropped"
-                );
+                problems
+                    .entry(delivery.id)
+                    .or_default()
+                    .push(format!("event {index} lacks the fields of a HubSpot event"));
                 continue;
             };
             let (Some(portal), Some(object_id), Some(kind)) = (
@@ -282,6 +298,21 @@ pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
             ) else {
                 continue;
             };
+            let event_id = event.event_id.as_ref().and_then(id_text);
+            let texts = [
+                Some(portal.as_str()),
+                Some(object_id.as_str()),
+                Some(event.subscription_type.as_str()),
+                event.property_name.as_deref(),
+                event_id.as_deref(),
+            ];
+            if texts.iter().flatten().any(|t| t.contains('\0')) {
+                problems.entry(delivery.id).or_default().push(format!(
+                    "event {index}: an id, its subscription type or property name {}",
+                    super::retry::NUL
+                ));
+                continue;
+            }
             let key = (delivery.provider.clone(), portal.clone());
             if !routes.contains_key(&key) {
                 let found = sqlx::query!(
@@ -306,24 +337,33 @@ pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
                 event.subscription_type,
                 event.property_name.as_deref().unwrap_or("")
             );
+            // A CRM value in the event (`propertyValue`) may hold what jsonb cannot.
+            let payload = if super::retry::unstorable(&raw).is_some() {
+                super::retry::storable(&raw)
+            } else {
+                raw
+            };
             for (tenant, connection) in routes.get(&key).into_iter().flatten() {
-                touched.insert((*tenant, *connection));
                 columns.push(
                     *tenant,
                     *connection,
                     delivery.id,
                     &dedupe,
-                    event.event_id.as_ref().and_then(id_text),
+                    event_id.clone(),
                     &event.subscription_type,
                     kind,
                     &object_id,
                     DateTime::from_timestamp_millis(occurred).unwrap_or_else(Utc::now),
-                    raw.clone(),
+                    payload.clone(),
                 );
             }
         }
     }
-    let inserted = columns.insert(&mut tx).await?;
+    let (inserted, refused) = columns.insert_isolated(&mut tx).await?;
+    for (delivery, reason) in refused {
+        problems.entry(delivery).or_default().push(reason);
+    }
+    let touched: BTreeSet<(Uuid, Uuid)> = inserted.iter().copied().collect();
     let ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
     sqlx::query!(
         "UPDATE webhook_deliveries SET processed_at = now() WHERE id = ANY($1)",
@@ -331,8 +371,20 @@ pub async fn route_deliveries(state: &AppState) -> Result<usize, Error> {
     )
     .execute(&mut *tx)
     .await?;
+    for (delivery, reasons) in &problems {
+        let error = super::retry::storable_text(reasons.join("; "));
+        tracing::warn!(delivery, error = %error, "webhook delivery (partly) not routed");
+        metrics::counter!("ferry_webhook_deliveries_failed_total").increment(1);
+        sqlx::query!(
+            "UPDATE webhook_deliveries SET error = $2 WHERE id = $1",
+            delivery,
+            error
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
-    metrics::counter!("ferry_inbound_events_total").increment(inserted);
+    metrics::counter!("ferry_inbound_events_total").increment(inserted.len() as u64);
     for (tenant, connection) in touched {
         super::enqueue(state, SyncJob::Events { tenant, connection }).await;
     }
@@ -380,16 +432,93 @@ impl EventColumns {
         self.payloads.push(payload);
     }
 
-    async fn insert(self, tx: &mut sqlx::PgConnection) -> Result<u64, Error> {
+    /// Row `i` alone.
+    fn row(&self, i: usize) -> EventColumns {
+        EventColumns {
+            tenants: vec![self.tenants[i]],
+            connections: vec![self.connections[i]],
+            deliveries: vec![self.deliveries[i]],
+            dedupes: vec![self.dedupes[i].clone()],
+            event_ids: vec![self.event_ids[i].clone()],
+            subscriptions: vec![self.subscriptions[i].clone()],
+            objects: vec![self.objects[i].clone()],
+            object_ids: vec![self.object_ids[i].clone()],
+            occurred: vec![self.occurred[i]],
+            payloads: vec![self.payloads[i].clone()],
+        }
+    }
+
+    /// Inserts the events: all at once, or, should a value fail the statement, one by one.
+    /// Returns the (tenant, connection) of each event inserted, and the events refused: their
+    /// delivery and why.
+    #[allow(clippy::type_complexity)]
+    async fn insert_isolated(
+        &self,
+        tx: &mut sqlx::PgConnection,
+    ) -> Result<(Vec<(Uuid, Uuid)>, Vec<(i64, String)>), Error> {
+        sqlx::query!("SAVEPOINT route_events")
+            .execute(&mut *tx)
+            .await?;
+        match self.insert(tx).await {
+            Ok(inserted) => {
+                sqlx::query!("RELEASE SAVEPOINT route_events")
+                    .execute(&mut *tx)
+                    .await?;
+                return Ok((inserted, Vec::new()));
+            }
+            Err(Error::Database(err)) if super::retry::value_error(&err).is_some() => {
+                sqlx::query!("ROLLBACK TO SAVEPOINT route_events")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Err(err) => return Err(err),
+        }
+        let mut inserted = Vec::new();
+        let mut refused = Vec::new();
+        for i in 0..self.tenants.len() {
+            let row = self.row(i);
+            sqlx::query!("SAVEPOINT route_event")
+                .execute(&mut *tx)
+                .await?;
+            match row.insert(tx).await {
+                Ok(done) => inserted.extend(done),
+                Err(Error::Database(err)) => match super::retry::value_error(&err) {
+                    Some(reason) => {
+                        sqlx::query!("ROLLBACK TO SAVEPOINT route_event")
+                            .execute(&mut *tx)
+                            .await?;
+                        refused.push((
+                            self.deliveries[i],
+                            format!("an event of object {}: {reason}", self.object_ids[i]),
+                        ));
+                    }
+                    None => return Err(Error::Database(err)),
+                },
+                Err(err) => return Err(err),
+            }
+            sqlx::query!("RELEASE SAVEPOINT route_event")
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query!("RELEASE SAVEPOINT route_events")
+            .execute(&mut *tx)
+            .await?;
+        Ok((inserted, refused))
+    }
+
+    /// Inserts the events (a redelivered one is skipped); returns the (tenant, connection) of
+    /// each event inserted.
+    async fn insert(&self, tx: &mut sqlx::PgConnection) -> Result<Vec<(Uuid, Uuid)>, Error> {
         if self.tenants.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let done = sqlx::query!(
             "INSERT INTO inbound_events (tenant_id, connection_id, delivery_id, dedupe_key, event_id,
                                          subscription_type, object, object_id, occurred_at, payload)
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
                                   $6::text[], $7::text[], $8::text[], $9::timestamptz[], $10::jsonb[])
-             ON CONFLICT (tenant_id, connection_id, dedupe_key) DO NOTHING",
+             ON CONFLICT (tenant_id, connection_id, dedupe_key) DO NOTHING
+             RETURNING tenant_id, connection_id",
             &self.tenants,
             &self.connections,
             &self.deliveries,
@@ -401,9 +530,12 @@ impl EventColumns {
             &self.occurred,
             &self.payloads
         )
-        .execute(&mut *tx)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done
+            .into_iter()
+            .map(|r| (r.tenant_id, r.connection_id))
+            .collect())
     }
 }
 
@@ -451,9 +583,28 @@ struct Pending {
     object_id: String,
     payload: Json,
     received_at: DateTime<Utc>,
+    /// Failed attempts charged to this event (see [`charge`]), and their history.
+    attempts: i32,
+    failures: Option<Json>,
 }
 
+/// Longest wait between attempts when the CRM (or Postgres) fails for the whole connection: an
+/// attempt costs one batch read, and the events flow again at most this long after the CRM
+/// answers, without anyone replaying anything (see docs/decisions.md).
+pub const CONNECTION_CAP: Duration = Duration::from_secs(30);
+/// Objects tried one by one, all failing transiently with nothing answering, before the failure
+/// is taken for the connection's (an outage) rather than theirs.
+const OUTAGE_PROBES: usize = 3;
+
 /// Processes a connection's pending events.
+///
+/// A failure of the whole connection (the CRM unreachable, 5xx, 429; Postgres down) charges no
+/// event and files no letter: event processing backs off (full jitter, at most
+/// [`CONNECTION_CAP`]) and resumes by itself once the CRM answers. A failure of the CRM's token
+/// parks the work until the connection is reconnected. An object that fails alone (its batch
+/// fails, then it fails by itself while other objects go through) is charged: retried with its
+/// own backoff while the others go ahead, and dead-lettered on its own after
+/// [`retry::MAX_ATTEMPTS`](super::retry::MAX_ATTEMPTS) (at once when the failure is permanent).
 pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<(), Error> {
     let mut tx = state.db.tenant(tenant).await?;
     let claimed = sqlx::query_scalar!(
@@ -490,13 +641,15 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
         Ok(()) => {
             // Events that arrived after the last batch was read (they found this job's claim
             // held, so their own job ended at once), or beyond this job's share: offered again.
+            // (Events waiting for their own retry time are offered by the reconciler then.)
             more = sqlx::query_scalar!(
                 "WITH released AS (
                      UPDATE sync_connections SET inbound_retry_at = NULL, inbound_failures = 0
                      WHERE tenant_id = $1 AND connection_id = $2)
                  SELECT EXISTS (SELECT 1 FROM inbound_events
                                 WHERE tenant_id = $1 AND connection_id = $2
-                                  AND status = 'pending') AS \"more!\"",
+                                  AND status = 'pending'
+                                  AND (retry_at IS NULL OR retry_at <= now())) AS \"more!\"",
                 tenant.0,
                 connection
             )
@@ -505,30 +658,28 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
         }
         Err(failure) => {
             let attempts = failures + 1;
-            tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "webhook event processing failed");
+            tracing::warn!(%connection, attempts, class = failure.class.as_str(), error = %failure.message, "webhook event processing failed for the connection");
             metrics::counter!("ferry_events_failed_total", "source" => "webhook").increment(1);
-            let payload = json!({});
-            let letter = dlq::Letter {
-                connection,
-                object: Kind::Contact,
-                direction: "inbound",
-                scope: dlq::Scope::Events,
-                remote_id: None,
-                record_id: None,
-                payload: &payload,
-                failure: &failure,
-                attempts,
-                run_id: None,
+            let delay = match failure.class {
+                Class::Auth => {
+                    super::settle(&mut tx, connection, &failure, attempts, None)
+                        .await?
+                        .0
+                }
+                Class::Transient => super::retry::backoff(attempts)
+                    .min(CONNECTION_CAP)
+                    .max(failure.not_before.unwrap_or_default()),
+                // Something of the connection itself (its provider is not configured, its
+                // mapping unreadable): a person must look; tried again at the longest interval.
+                Class::Permanent => super::retry::CAP,
             };
-            let (delay, counted) =
-                super::settle(&mut tx, connection, &failure, attempts, Some(letter)).await?;
             sqlx::query!(
                 "UPDATE sync_connections SET inbound_failures = $3, last_error = $4,
                         last_error_at = now(), inbound_retry_at = now() + make_interval(secs => $5)
                  WHERE tenant_id = $1 AND connection_id = $2",
                 tenant.0,
                 connection,
-                counted,
+                attempts,
                 failure.message,
                 delay.as_secs_f64()
             )
@@ -547,12 +698,19 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
     Ok(())
 }
 
-/// One batch of pending events. `Ok(true)`: there may be more.
+/// One batch of pending events. `Ok(true)`: there may be more. `Err`: the connection failed
+/// (nothing of the batch was applied, no event was charged).
 async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<bool, Failure> {
     let mut tx = state.db.tenant(tenant).await?;
+    // The payload is read as text and parsed here, one event at a time: an event stored before
+    // payloads were made storable may hold a number that does not read back, and must not fail
+    // the others.
     let events: Vec<Pending> = sqlx::query!(
-        "SELECT id, subscription_type, object, object_id, payload, received_at FROM inbound_events
+        "SELECT id, subscription_type, object, object_id, payload::text AS \"payload!\",
+                received_at, attempts, failures
+         FROM inbound_events
          WHERE tenant_id = $1 AND connection_id = $2 AND status = 'pending'
+           AND (retry_at IS NULL OR retry_at <= now())
          ORDER BY id LIMIT $3",
         tenant.0,
         connection,
@@ -567,8 +725,16 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
             subscription: r.subscription_type,
             kind: Kind::parse(&r.object)?,
             object_id: r.object_id,
-            payload: r.payload,
+            payload: serde_json::from_str(&r.payload).unwrap_or_else(|_| {
+                tracing::warn!(
+                    event = r.id,
+                    "an event's payload does not read back; ignored"
+                );
+                Json::Null
+            }),
             received_at: r.received_at,
+            attempts: r.attempts,
+            failures: r.failures,
         })
     })
     .collect();
@@ -583,11 +749,187 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
         "processing webhook events"
     );
     let crm = super::client(state, tenant, connection).await?;
+    let all: Vec<&Pending> = events.iter().collect();
+    match apply_events(state, tenant, connection, &crm, &all).await {
+        Ok(()) => {}
+        Err(failure) if failure.class == Class::Auth => return Err(failure),
+        Err(failure) => {
+            tracing::info!(%connection, events = events.len(), error = %failure.message, "a batch of events failed; trying its objects one by one");
+            isolate(state, tenant, connection, &crm, &events, failure).await?;
+        }
+    }
+    Ok(events.len() as i64 == EVENTS_PER_BATCH)
+}
+
+/// Applies a failed batch's events object by object: an object that fails is charged (see
+/// [`charge`]) and the others go through. When the first objects tried all fail transiently and
+/// none goes through, the failure is the connection's: returned, nothing charged.
+async fn isolate(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    crm: &super::CrmClient,
+    events: &[Pending],
+    batch_failure: Failure,
+) -> Result<(), Failure> {
+    let mut groups: BTreeMap<(Kind, &str), Vec<&Pending>> = BTreeMap::new();
+    for event in events {
+        groups
+            .entry((event.kind, event.object_id.as_str()))
+            .or_default()
+            .push(event);
+    }
+    // Objects never charged first (a healthy one shows the CRM answers), oldest first.
+    let mut groups: Vec<Vec<&Pending>> = groups.into_values().collect();
+    groups.sort_by_key(|g| {
+        (
+            g.iter().map(|e| e.attempts).max().unwrap_or(0),
+            g.first().map(|e| e.id).unwrap_or(0),
+        )
+    });
+    let mut answered = false;
+    let mut failed_first: Vec<(Vec<&Pending>, Failure)> = Vec::new();
+    for group in groups {
+        match apply_events(state, tenant, connection, crm, &group).await {
+            Ok(()) => answered = true,
+            Err(failure) if failure.class == Class::Auth => return Err(failure),
+            Err(failure) if failure.class == Class::Transient && !answered => {
+                failed_first.push((group, failure));
+                if failed_first.len() >= OUTAGE_PROBES {
+                    return Err(failed_first.pop().map(|(_, f)| f).unwrap_or(batch_failure));
+                }
+            }
+            Err(failure) => charge(state, tenant, connection, &group, &failure).await?,
+        }
+    }
+    if !answered && !failed_first.is_empty() && failed_first.len() == events_objects(events) {
+        // Every object failed transiently and none went through: the connection's failure.
+        return Err(failed_first.pop().map(|(_, f)| f).unwrap_or(batch_failure));
+    }
+    for (group, failure) in failed_first {
+        charge(state, tenant, connection, &group, &failure).await?;
+    }
+    Ok(())
+}
+
+/// How many objects the events name.
+fn events_objects(events: &[Pending]) -> usize {
+    events
+        .iter()
+        .map(|e| (e.kind, e.object_id.as_str()))
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// Charges an object's events with a failed attempt: retried after their own backoff, or, when
+/// the failure is permanent or their attempts are used up, dead-lettered (one letter for the
+/// object: its id, its events, and every attempt's answer) and marked `failed`.
+async fn charge(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    group: &[&Pending],
+    failure: &Failure,
+) -> Result<(), Failure> {
+    let Some(first) = group.first() else {
+        return Ok(());
+    };
+    let (kind, object_id) = (first.kind, first.object_id.clone());
+    let oldest = group
+        .iter()
+        .max_by_key(|e| e.attempts)
+        .copied()
+        .unwrap_or(first);
+    let attempts = oldest.attempts + 1;
+    let now = Utc::now();
+    let entry = json!({
+        "at": now,
+        "class": failure.class.as_str(),
+        "error": failure.message,
+        "status": failure.status,
+    });
+    let ids: Vec<i64> = group.iter().map(|e| e.id).collect();
+    let mut tx = state.db.tenant(tenant).await?;
+    let give_up = failure.class == Class::Permanent || attempts >= super::retry::MAX_ATTEMPTS;
+    tracing::warn!(%connection, kind = kind.as_str(), attempts, class = failure.class.as_str(), error = %failure.message, dead_lettered = give_up, "events of one object failed");
+    if give_up {
+        let earlier: Vec<dlq::Earlier> = oldest
+            .failures
+            .as_ref()
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(dlq::Earlier::from_json)
+            .collect();
+        let payload = json!({
+            "remote": { "id": object_id },
+            "events": group.iter().map(|e| json!({
+                "id": e.id,
+                "eventId": e.payload.get("eventId"),
+                "subscriptionType": e.subscription,
+                "occurredAt": e.payload.get("occurredAt"),
+                "propertyName": e.payload.get("propertyName"),
+            })).collect::<Vec<_>>(),
+        });
+        let letter = dlq::Letter {
+            connection,
+            object: kind,
+            direction: "inbound",
+            scope: dlq::Scope::Record,
+            remote_id: Some(&object_id),
+            record_id: None,
+            payload: &payload,
+            failure,
+            attempts,
+            run_id: None,
+        };
+        dlq::file_with_history(&mut tx, &letter, &earlier).await?;
+        sqlx::query!(
+            "UPDATE inbound_events SET status = 'failed', processed_at = now(), error = $3,
+                    attempts = attempts + 1, failures = coalesce(failures, '[]'::jsonb) || $4
+             WHERE tenant_id = $1 AND id = ANY($2)",
+            tenant.0,
+            &ids,
+            failure.message,
+            entry
+        )
+        .execute(&mut *tx)
+        .await?;
+    } else {
+        let delay = super::retry::backoff(attempts).max(failure.not_before.unwrap_or_default());
+        sqlx::query!(
+            "UPDATE inbound_events SET attempts = attempts + 1,
+                    failures = coalesce(failures, '[]'::jsonb) || $3,
+                    retry_at = now() + make_interval(secs => $4), error = $5
+             WHERE tenant_id = $1 AND id = ANY($2)",
+            tenant.0,
+            &ids,
+            entry,
+            delay.as_secs_f64(),
+            failure.message
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies these events: reads their objects' current state from the CRM (one read per object,
+/// whatever number of events named it) and applies it, in one transaction that also marks the
+/// events processed.
+async fn apply_events(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    crm: &super::CrmClient,
+    events: &[&Pending],
+) -> Result<(), Failure> {
     // Coalesce: one read per object, whatever number of events named it.
     let mut objects: BTreeMap<Kind, BTreeSet<String>> = BTreeMap::new();
     let mut gone: BTreeSet<(Kind, String)> = BTreeSet::new();
     let mut merges: Vec<(Kind, String, Vec<String>)> = Vec::new();
-    for event in &events {
+    for event in events {
         objects
             .entry(event.kind)
             .or_default()
@@ -705,12 +1047,12 @@ async fn batch(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<b
     .await?;
     tx.commit().await?;
     let now = Utc::now();
-    for event in &events {
+    for event in events {
         let latency = (now - event.received_at).to_std().unwrap_or_default();
         metrics::histogram!("ferry_event_processing_seconds").record(latency.as_secs_f64());
     }
     metrics::counter!("ferry_events_processed_total").increment(events.len() as u64);
-    Ok(events.len() as i64 == EVENTS_PER_BATCH)
+    Ok(())
 }
 
 /// A merge at the CRM: the merged records' links now point at the surviving record. When Ferry

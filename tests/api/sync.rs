@@ -977,7 +977,7 @@ fn failing_job_titles() -> ferry::mapping::Mapping {
     mapping
 }
 
-async fn save_mapping(synced: &Synced, mapping: &ferry::mapping::Mapping) {
+pub(crate) async fn save_mapping(synced: &Synced, mapping: &ferry::mapping::Mapping) {
     let mut tx = synced.tx().await;
     let actor = ferry::tenancy::audit::Actor::system("test");
     let meta = ferry::tenancy::audit::RequestMeta::default();
@@ -1123,10 +1123,10 @@ async fn a_revoked_token_parks_the_work_until_reconnected_then_it_resumes() {
     synced.assert_contacts_equal().await;
 }
 
-const SANDBOX_SECRET: &str = "ferry-sandbox-secret-change-me";
+pub(crate) const SANDBOX_SECRET: &str = "ferry-sandbox-secret-change-me";
 
 /// Signs like HubSpot (v3): base64 HMAC-SHA256 of method, URL, body and timestamp.
-fn sign(secret: &str, url: &str, body: &str, timestamp: i64) -> String {
+pub(crate) fn sign(secret: &str, url: &str, body: &str, timestamp: i64) -> String {
     use base64::Engine as _;
     use hmac::{KeyInit as _, Mac as _};
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
@@ -1134,7 +1134,7 @@ fn sign(secret: &str, url: &str, body: &str, timestamp: i64) -> String {
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-async fn post_webhook(
+pub(crate) async fn post_webhook(
     base: &str,
     body: &str,
     timestamp: i64,
@@ -2161,7 +2161,7 @@ fn calls_between(before: &Json, after: &Json, name: &str) -> u64 {
 }
 
 /// Creates a contact through Ferry's API; returns its id.
-async fn create_contact(synced: &Synced, key: &str, body: Json) -> Uuid {
+pub(crate) async fn create_contact(synced: &Synced, key: &str, body: Json) -> Uuid {
     let created = api_client()
         .post(synced.setup.app.url("/v1/contacts"))
         .bearer_auth(key)
