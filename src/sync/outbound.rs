@@ -294,6 +294,19 @@ async fn advance(
     } else {
         Some(runs::start(&mut tx, connection, None, RunKind::Outbound).await?)
     };
+    // The inbound sync links the same CRM records under these locks (a first sight matched by
+    // email, a webhook of the create): taken first, sorted, in one statement, as pages take
+    // theirs, the two cannot deadlock over the links' index entries (which aborted this
+    // transaction after the CRM had answered, and the batch was pushed again), and an inbound
+    // write waiting for them finds these links committed.
+    let locks: Vec<String> = results
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.link.as_ref().map(|(key, ..)| format!("link:{tenant}:{key}")))
+        .collect();
+    if !locks.is_empty() {
+        crate::db::advisory_lock_all(&mut tx, &locks).await?;
+    }
     for pushed in results.unwrap_or_default() {
         if let Some((key, remote_at, sent)) = &pushed.link
             && let Some(record) = pushed.item.record_id

@@ -2,10 +2,15 @@
 //! page's records together with the cursor's new position, so a worker killed mid-backfill
 //! resumes from the last committed page and nothing is applied twice.
 //!
-//! HubSpot answers at most 10,000 results per query: before reaching that, a new query starts
-//! from the last timestamp seen (the records at the boundary come again and are recognised as
-//! unchanged). Fresh writes appear in search after a short delay, so each incremental query
-//! starts [`OVERLAP`] before the watermark.
+//! Pages are read by keyset, never by offset: each page is a new query for the records modified
+//! at or after the newest timestamp of the page before (those at that very timestamp that were
+//! already read are dropped). A CRM edit moves a record to the end of the order; with offsets
+//! that shifted every later record by one and a record at a page boundary was never read (issue
+//! 20); with a keyset the edited record is read again at the end and nothing is skipped. No query
+//! pages, so HubSpot's 10,000-results-per-query cap never applies. When a whole page shares one
+//! timestamp, the records of that millisecond are read by id (`hs_object_id`) before moving on.
+//! Fresh writes appear in search after a short delay, so each incremental poll starts
+//! [`OVERLAP`] before the newest change seen.
 
 use std::time::Duration;
 
@@ -27,8 +32,6 @@ use crate::tenancy::TenantId;
 
 /// Results per search page (HubSpot's maximum).
 pub const PAGE: u32 = 200;
-/// Results one query may return before HubSpot refuses to page further.
-pub const QUERY_CAP: i32 = 10_000;
 /// How far before the watermark an incremental query starts (search lag).
 pub const OVERLAP: Duration = Duration::from_secs(30);
 /// How long a claimed poll stays claimed if its worker dies (renewed with every page).
@@ -48,11 +51,18 @@ pub fn object_of(kind: Kind) -> (&'static str, &'static str) {
     }
 }
 
+/// The CRM's property that holds a record's id, for reading one millisecond's records by id.
+const ID_PROPERTY: &str = "hs_object_id";
+
 #[derive(Clone)]
 struct Cursor {
+    /// Read records modified at or after this (None: from the beginning).
     query_from: Option<DateTime<Utc>>,
+    /// Reading the records modified exactly at `query_from` by id, after this one.
     query_after: Option<String>,
     query_offset: i32,
+    /// Records modified exactly at `query_from` already read (the next page returns them again).
+    boundary: Vec<String>,
     watermark: Option<DateTime<Utc>>,
     backfilled: bool,
     backfill_total: Option<i64>,
@@ -84,6 +94,7 @@ async fn claim(tx: &mut TenantTx, connection: Uuid, kind: Kind) -> Result<Option
         query_from: r.query_from,
         query_after: r.query_after,
         query_offset: r.query_offset,
+        boundary: Vec::new(),
         watermark: r.watermark,
         backfilled: r.backfilled,
         backfill_total: r.backfill_total,
@@ -170,11 +181,12 @@ async fn pages(
     // A backfill's pages are almost all new records: each is mapped as such when it arrives,
     // on another worker thread, while the page before is written.
     let ahead = !cursor.backfilled;
-    let fetch = |search: Search| {
+    let fetch = |search: Search, seen: Seen| {
         let (client, ctx) = (client.clone(), ctx.clone());
         tokio::spawn(
             async move {
-                let page = client.api.search(object, &search).await?;
+                let mut page = client.api.search(object, &search).await?;
+                seen.drop_from(&mut page, modified);
                 let prepared = ahead.then(|| inbound::prepare(&ctx, &page.results));
                 Ok::<_, crate::connectors::hubspot::client::ApiError>((page, prepared))
             }
@@ -188,22 +200,9 @@ async fn pages(
         RunKind::Backfill
     };
     let mut run: Option<i64> = None;
-    let search_of = |cursor: &Cursor| Search {
-        filter_groups: match cursor.query_from {
-            Some(from) => vec![vec![Filter {
-                property: modified.to_string(),
-                operator: "GTE".into(),
-                value: Some(from.timestamp_millis().to_string()),
-            }]],
-            None => vec![],
-        },
-        sort: Some((modified.to_string(), true)),
-        properties: properties.clone(),
-        limit: PAGE,
-        after: cursor.query_after.clone(),
-    };
+    let search_of = |cursor: &Cursor| search_for(cursor, modified, &properties);
     let (mut page, mut prepared) =
-        joined(fetch(search_of(&cursor)).await).map_err(|e| fail(e, run))?;
+        joined(fetch(search_of(&cursor), Seen::of(&cursor)).await).map_err(|e| fail(e, run))?;
     // Up to IN_FLIGHT pages are written at once, each in its own task and transaction: page
     // N+1's records are written while page N's are; N+1 then waits, inside Postgres, for N's
     // transaction to end (an advisory lock N holds), and moves the cursor and commits only if N
@@ -217,7 +216,8 @@ async fn pages(
         // The next page is fetched while this one is written (the position it starts from is
         // known before the write commits; if the write fails, the page is dropped).
         let share_left = started.elapsed() < JOB_SLICE;
-        let next = (!step.exhausted && share_left).then(|| fetch(search_of(&cursor)));
+        let next =
+            (!step.exhausted && share_left).then(|| fetch(search_of(&cursor), Seen::of(&cursor)));
         let exhausted = step.exhausted;
         let alone = run.is_none() || exhausted;
         let current = spawn_page(
@@ -509,6 +509,89 @@ struct Step {
     finished_backfill: bool,
 }
 
+/// The search that reads the page after `cursor` (see the module's documentation).
+fn search_for(cursor: &Cursor, modified: &str, properties: &[String]) -> Search {
+    let filter = |property: &str, operator: &str, value: String| Filter {
+        property: property.to_string(),
+        operator: operator.into(),
+        value: Some(value),
+    };
+    let (filter_groups, sort) = match (cursor.query_from, &cursor.query_after) {
+        (Some(from), Some(after_id)) => (
+            vec![vec![
+                filter(modified, "EQ", from.timestamp_millis().to_string()),
+                filter(ID_PROPERTY, "GT", after_id.clone()),
+            ]],
+            ID_PROPERTY,
+        ),
+        (Some(from), None) => (
+            vec![vec![filter(
+                modified,
+                "GTE",
+                from.timestamp_millis().to_string(),
+            )]],
+            modified,
+        ),
+        (None, _) => (vec![], modified),
+    };
+    let mut properties = properties.to_vec();
+    if !properties.iter().any(|p| p == modified) {
+        properties.push(modified.to_string());
+    }
+    Search {
+        filter_groups,
+        sort: Some((sort.to_string(), true)),
+        properties,
+        limit: PAGE,
+        after: None,
+    }
+}
+
+/// When the CRM last modified `record`, by the property the query sorts on (the record's
+/// `updatedAt` when the property is missing).
+fn modified_at(record: &crate::connectors::hubspot::client::Record, modified: &str) -> DateTime<Utc> {
+    record
+        .properties
+        .get(modified)
+        .and_then(|v| v.as_deref())
+        .and_then(|text| {
+            DateTime::parse_from_rfc3339(text)
+                .map(|d| d.with_timezone(&Utc))
+                .ok()
+                .or_else(|| text.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis))
+        })
+        .unwrap_or_else(|| inbound::updated_at(record))
+}
+
+/// Records the page before already returned: those modified exactly at `from`, where the next
+/// query starts (inclusive).
+#[derive(Clone, Default)]
+struct Seen {
+    from: Option<DateTime<Utc>>,
+    ids: Vec<String>,
+}
+
+impl Seen {
+    fn of(cursor: &Cursor) -> Seen {
+        if cursor.query_after.is_some() {
+            return Seen::default();
+        }
+        Seen {
+            from: cursor.query_from,
+            ids: cursor.boundary.clone(),
+        }
+    }
+
+    /// Drops the records of `page` already read.
+    fn drop_from(&self, page: &mut crate::connectors::hubspot::client::SearchPage, modified: &str) {
+        if self.ids.is_empty() {
+            return;
+        }
+        page.results
+            .retain(|r| Some(modified_at(r, modified)) != self.from || !self.ids.contains(&r.id));
+    }
+}
+
 /// Moves the cursor past a page, in memory (see [`save`]): computed before the page is written,
 /// so the next page can be fetched meanwhile.
 fn advance(
@@ -517,10 +600,13 @@ fn advance(
     cursor: &mut Cursor,
     page: &crate::connectors::hubspot::client::SearchPage,
 ) -> Step {
+    let (_, modified) = object_of(kind);
+    // More records follow this page (HubSpot names the next page only then).
+    let full = page.after.is_some();
     let last = page
         .results
         .iter()
-        .map(|r| (inbound::updated_at(r), r.id.clone()))
+        .map(|r| (modified_at(r, modified), r.id.clone()))
         .max_by(|a, b| a.0.cmp(&b.0));
     if let Some((at, _)) = &last {
         cursor.watermark = Some(cursor.watermark.map_or(*at, |w| w.max(*at)));
@@ -529,32 +615,55 @@ fn advance(
     if cursor.backfill_total.is_none() && !cursor.backfilled {
         cursor.backfill_total = Some(page.total as i64);
     }
-    let exhausted = page.after.is_none() || page.results.is_empty();
-    let offset = cursor.query_offset + fetched;
-    let finished_backfill = exhausted && !cursor.backfilled;
-    if exhausted {
-        // Next time: from a little before the newest change seen.
-        let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
-        cursor.query_from = cursor.watermark.map(|w| w - overlap).or(cursor.query_from);
-        cursor.query_after = None;
-        cursor.query_offset = 0;
-    } else if offset + PAGE as i32 > QUERY_CAP {
-        // Near the cap: a new query from the last timestamp seen (inclusive).
-        let from = last.as_ref().map(|(at, _)| *at);
-        cursor.query_from = match (from, cursor.query_from) {
-            // Ten thousand changes in one millisecond: step past it rather than loop forever.
-            (Some(from), Some(prev)) if from <= prev => {
-                tracing::warn!(%connection, kind = kind.as_str(), "a full query shares one timestamp; stepping past it");
-                Some(prev + chrono::Duration::milliseconds(1))
+    let mut exhausted = false;
+    match (cursor.query_from, cursor.query_after.clone()) {
+        // Reading one millisecond's records by id.
+        (Some(from), Some(_)) => {
+            if full {
+                cursor.query_after = page.results.last().map(|r| r.id.clone());
+            } else {
+                // That millisecond is read: on after it.
+                cursor.query_from = Some(from + chrono::Duration::milliseconds(1));
+                cursor.query_after = None;
+                cursor.boundary.clear();
             }
-            (from, prev) => from.or(prev),
-        };
-        cursor.query_after = None;
-        cursor.query_offset = 0;
-    } else {
-        cursor.query_after = page.after.clone();
-        cursor.query_offset = offset;
+        }
+        (from, _) if full => {
+            let newest = page
+                .results
+                .iter()
+                .map(|r| modified_at(r, modified))
+                .max()
+                .or(from);
+            match newest {
+                Some(newest) if Some(newest) > from => {
+                    cursor.boundary = page
+                        .results
+                        .iter()
+                        .filter(|r| modified_at(r, modified) == newest)
+                        .map(|r| r.id.clone())
+                        .collect();
+                    cursor.query_from = Some(newest);
+                }
+                _ => {
+                    // A whole page modified in one millisecond: read that millisecond by id.
+                    tracing::debug!(%connection, kind = kind.as_str(), "a full page shares one timestamp; reading it by id");
+                    cursor.query_after = Some("0".into());
+                    cursor.boundary.clear();
+                }
+            }
+        }
+        _ => {
+            exhausted = true;
+            // Next time: from a little before the newest change seen.
+            let overlap = chrono::Duration::from_std(OVERLAP).unwrap_or_default();
+            cursor.query_from = cursor.watermark.map(|w| w - overlap).or(cursor.query_from);
+            cursor.query_after = None;
+            cursor.boundary.clear();
+        }
     }
+    cursor.query_offset = 0;
+    let finished_backfill = exhausted && !cursor.backfilled;
     Step {
         fetched,
         watermark_id: last.map(|(_, id)| id),
@@ -671,4 +780,149 @@ async fn failed(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::connectors::hubspot::client::Record;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(ms).expect("time")
+    }
+
+    fn record(id: u32, ms: i64) -> Record {
+        Record {
+            id: id.to_string(),
+            properties: BTreeMap::from([(
+                "lastmodifieddate".to_string(),
+                Some(at(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            )]),
+            created_at: None,
+            updated_at: None,
+            archived: false,
+        }
+    }
+
+    fn page(records: Vec<Record>, more: bool) -> SearchPage {
+        SearchPage {
+            total: 1_000_000,
+            after: more.then(|| "200".to_string()),
+            results: records,
+        }
+    }
+
+    fn fresh() -> Cursor {
+        Cursor {
+            query_from: None,
+            query_after: None,
+            query_offset: 0,
+            boundary: Vec::new(),
+            watermark: None,
+            backfilled: false,
+            backfill_total: None,
+            failures: 0,
+            last_run_id: None,
+            interval: Duration::from_secs(60),
+        }
+    }
+
+    fn filters(search: &Search) -> Vec<(String, String, String)> {
+        search
+            .filter_groups
+            .iter()
+            .flatten()
+            .map(|f| {
+                (
+                    f.property.clone(),
+                    f.operator.clone(),
+                    f.value.clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Every page is a new query from the newest timestamp of the page before (never an
+    /// offset, so an edit that moves a record to the end cannot shift another past a page
+    /// boundary, and the 10,000-result cap never applies).
+    #[test]
+    fn pages_are_read_by_keyset_and_the_boundary_is_not_read_twice() {
+        let mut cursor = fresh();
+        let props = vec!["email".to_string()];
+        let first = search_for(&cursor, "lastmodifieddate", &props);
+        assert!(first.filter_groups.is_empty() && first.after.is_none());
+        assert_eq!(first.sort, Some(("lastmodifieddate".into(), true)));
+
+        // 200 records, the last two sharing the newest millisecond.
+        let mut records: Vec<Record> = (1..=198).map(|i| record(i, 1_000 + i as i64)).collect();
+        records.push(record(500, 5_000));
+        records.push(record(199, 5_000));
+        let step = advance(Uuid::nil(), Kind::Contact, &mut cursor, &page(records, true));
+        assert!(!step.exhausted);
+        assert_eq!(step.fetched, 200);
+        assert_eq!(cursor.query_from, Some(at(5_000)));
+        assert_eq!(cursor.query_after, None);
+        let next = search_for(&cursor, "lastmodifieddate", &props);
+        assert_eq!(
+            filters(&next),
+            vec![("lastmodifieddate".into(), "GTE".into(), "5000".into())]
+        );
+        assert!(next.after.is_none(), "no offset, ever");
+
+        // The next query returns the two boundary records again, and one more at that
+        // millisecond that the page before did not reach: only the new one is kept.
+        let mut again = page(
+            vec![record(199, 5_000), record(500, 5_000), record(77, 5_000), record(600, 6_000)],
+            false,
+        );
+        Seen::of(&cursor).drop_from(&mut again, "lastmodifieddate");
+        let ids: Vec<&str> = again.results.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["77", "600"]);
+        let step = advance(Uuid::nil(), Kind::Contact, &mut cursor, &again);
+        assert!(step.exhausted && step.finished_backfill);
+        // The incremental starts a little before the newest change seen.
+        let overlap = chrono::Duration::from_std(OVERLAP).expect("overlap");
+        assert_eq!(cursor.query_from, Some(at(6_000) - overlap));
+        assert!(cursor.boundary.is_empty());
+    }
+
+    /// A whole page modified in one millisecond: that millisecond is read by id, then the
+    /// query goes on after it.
+    #[test]
+    fn a_page_sharing_one_timestamp_is_read_by_id() {
+        let mut cursor = fresh();
+        cursor.query_from = Some(at(7_000));
+        let props = vec![];
+        let same: Vec<Record> = (1..=200).map(|i| record(i, 7_000)).collect();
+        let step = advance(Uuid::nil(), Kind::Contact, &mut cursor, &page(same, true));
+        assert!(!step.exhausted);
+        assert_eq!(cursor.query_after.as_deref(), Some("0"));
+        let by_id = search_for(&cursor, "lastmodifieddate", &props);
+        assert_eq!(
+            filters(&by_id),
+            vec![
+                ("lastmodifieddate".into(), "EQ".into(), "7000".into()),
+                ("hs_object_id".into(), "GT".into(), "0".into()),
+            ]
+        );
+        assert_eq!(by_id.sort, Some(("hs_object_id".into(), true)));
+        // Nothing is dropped while reading by id.
+        let mut ids_page = page((1..=200).map(|i| record(i, 7_000)).collect(), true);
+        Seen::of(&cursor).drop_from(&mut ids_page, "lastmodifieddate");
+        assert_eq!(ids_page.results.len(), 200);
+        advance(Uuid::nil(), Kind::Contact, &mut cursor, &ids_page);
+        assert_eq!(cursor.query_after.as_deref(), Some("200"));
+        let rest = page((201..=250).map(|i| record(i, 7_000)).collect(), false);
+        let step = advance(Uuid::nil(), Kind::Contact, &mut cursor, &rest);
+        assert!(!step.exhausted, "the millisecond is done, not the query");
+        assert_eq!(cursor.query_from, Some(at(7_001)));
+        assert_eq!(cursor.query_after, None);
+        let on = search_for(&cursor, "lastmodifieddate", &props);
+        assert_eq!(
+            filters(&on),
+            vec![("lastmodifieddate".into(), "GTE".into(), "7001".into())]
+        );
+    }
 }

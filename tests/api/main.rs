@@ -22,6 +22,7 @@ mod journey;
 mod mappings;
 mod oauth;
 mod openapi;
+mod paging;
 mod poison_sync;
 mod profile;
 mod readme;

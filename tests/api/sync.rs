@@ -2338,10 +2338,13 @@ async fn a_new_contact_the_crm_refuses_is_dead_lettered_and_the_rest_of_its_batc
         let remote = links.get(id).expect("linked");
         assert_eq!(crm[remote]["hs_lead_status"], "NEW");
     }
-    // One batch call, then the refused contact alone (to learn its own error).
+    // One batch call, then the refused contact alone (to learn its own error). The batch can
+    // come in two: the outbox is read up to the oldest transaction still open in the whole
+    // Postgres cluster (commit order), and other databases' transactions (other tests) can hold
+    // some of the 20 creates back for a pass. One call per contact would be 20.
     let after = synced.batch_calls().await;
     let upserts = calls_between(&before, &after, "contacts/upsert");
-    assert!(upserts <= 2, "20 creates took {upserts} upsert calls");
+    assert!(upserts <= 3, "20 creates took {upserts} upsert calls");
 }
 
 /// The CRM changes a field, then Ferry pushes a change of another field before it has applied
