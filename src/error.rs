@@ -105,6 +105,14 @@ impl Error {
             Error::IdempotencyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(err) if database_unavailable(err) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Database(err) if data_exception(err).is_some() => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Error::Redis(err) if redis_unavailable(err) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Session(err) if crate::tenancy::sessions::store_unavailable(err) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Database(_)
             | Error::Redis(_)
             | Error::Session(_)
@@ -199,6 +207,26 @@ impl Error {
                 Some(format!("{what} is unavailable; try again shortly.")),
                 vec![],
             ),
+            Error::Database(err) if data_exception(err).is_some() => (
+                "invalid-value",
+                "Value cannot be stored",
+                Some(
+                    "A value in the request cannot be stored (for example a NUL character or a \
+                     number out of range). Correct it and send the request again."
+                        .to_string(),
+                ),
+                vec![],
+            ),
+            _ if self.status() == StatusCode::SERVICE_UNAVAILABLE => (
+                "unavailable",
+                "Service unavailable",
+                Some(format!(
+                    "A service Ferry depends on (its database or Redis) is unavailable; try \
+                     again in {} seconds.",
+                    RETRY_UNAVAILABLE.as_secs()
+                )),
+                vec![],
+            ),
             _ => ("internal", "Internal server error", None, vec![]),
         };
         Problem {
@@ -215,17 +243,33 @@ impl Error {
     }
 
     fn log(&self) {
+        if let Error::Database(err) = self
+            && let Some(code) = data_exception(err)
+        {
+            // Postgres's message can quote the value (PII): the SQLSTATE says enough.
+            tracing::warn!(sqlstate = %code, "request refused: the database rejected a value");
+            return;
+        }
+        if self.status() == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %self.chain(), "request failed: a dependency is unavailable");
+            return;
+        }
         if self.status().is_server_error() {
             // Log the whole chain; the client sees only the opaque problem.
-            let mut chain = self.to_string();
-            let mut source = std::error::Error::source(self);
-            while let Some(cause) = source {
-                chain.push_str(": ");
-                chain.push_str(&cause.to_string());
-                source = cause.source();
-            }
-            tracing::error!(error = %chain, "request failed");
+            tracing::error!(error = %self.chain(), "request failed");
         }
+    }
+
+    /// The error and its causes, for logs.
+    fn chain(&self) -> String {
+        let mut chain = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            chain.push_str(": ");
+            chain.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        chain
     }
 }
 
@@ -249,6 +293,12 @@ impl IntoResponse for Error {
                     headers.insert(header::RETRY_AFTER, value);
                 }
             }
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(RETRY_UNAVAILABLE.as_secs()),
+                );
+            }
             Error::PreconditionFailed { current_version } => {
                 if let Ok(value) = HeaderValue::from_str(&format!("\"v{current_version}\"")) {
                     headers.insert(header::ETAG, value);
@@ -258,6 +308,52 @@ impl IntoResponse for Error {
         }
         response
     }
+}
+
+/// What a 503 tells clients to wait before retrying (`Retry-After`): a restart of Postgres or
+/// Redis takes seconds, and the pool notices within its acquire timeout (`src/db.rs`).
+pub const RETRY_UNAVAILABLE: Duration = Duration::from_secs(5);
+
+/// SQLSTATE class 22, "data exception": a statement failed because of a value it was given (a
+/// NUL in text or json 22021/22P05, a number out of range 22003, malformed input 22P02, text too
+/// long 22001, …). The same value fails every time, so for a request it is the client's (422).
+const DATA_EXCEPTION_CLASS: &str = "22";
+
+/// The SQLSTATE of a data exception (class 22), if the error is one.
+pub fn data_exception(err: &sqlx::Error) -> Option<std::borrow::Cow<'_, str>> {
+    match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .filter(|code| code.starts_with(DATA_EXCEPTION_CLASS)),
+        _ => None,
+    }
+}
+
+/// Whether the error says Postgres cannot be reached or is not serving right now (down,
+/// restarting, out of connections), rather than that a statement was wrong: no connection within
+/// the pool's acquire timeout, a connection cut or garbled (I/O, TLS, protocol: a server that
+/// closes a connection mid-handshake answers garbage), or SQLSTATE class 08 (connection
+/// exception), 57P01-57P03 (shutdown, starting up) or 53300 (too many connections).
+pub fn database_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a Redis error means Redis cannot be reached (rather than a bad command).
+pub fn redis_unavailable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err.is_timeout()
 }
 
 /// SQLSTATE of a unique violation.

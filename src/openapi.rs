@@ -110,6 +110,39 @@ pub fn v1_router() -> Router<AppState> {
         .fold(Router::new(), |router, route| {
             router.route(&route.operation.path, route.handler)
         })
+        // A NUL in a path or query parameter is a 422 naming it, for every route.
+        .layer(axum::middleware::from_fn(
+            crate::records::input::reject_nul_in_uri,
+        ))
+}
+
+/// An operation's replies, with the [`common_replies`] it does not document itself.
+fn all_replies(op: &Operation) -> Vec<Reply> {
+    let mut replies = op.replies.clone();
+    for common in common_replies() {
+        if !replies.iter().any(|r| r.status == common.status) {
+            replies.push(common);
+        }
+    }
+    replies
+}
+
+/// Answers every operation can give, whatever it does: documented once here.
+fn common_replies() -> [Reply; 2] {
+    [
+        reply(
+            422,
+            "A value Ferry cannot store: a NUL character (\\u0000) in a body, path or query \
+             parameter, or a JSON number beyond ±1e300. `errors` names each field.",
+            Some("Problem"),
+        ),
+        reply(
+            503,
+            "Postgres (or Redis) is unavailable: `unavailable`, with Retry-After. Retry then, \
+             with the same Idempotency-Key for a write.",
+            Some("Problem"),
+        ),
+    ]
 }
 
 /// Schemas shared by every feature.
@@ -192,7 +225,7 @@ pub fn document() -> Json {
 
 fn operation_json(op: &Operation) -> Json {
     let mut responses = Map::new();
-    for reply in &op.replies {
+    for reply in &all_replies(op) {
         let mut body = json!({"description": reply.description});
         if let Some(schema) = &reply.schema {
             let media = if schema == "Problem" {
@@ -299,6 +332,7 @@ pub async fn serve_docs(State(_): State<AppState>) -> Result<Response, Error> {
         .into_iter()
         .map(|route| {
             let op = route.operation;
+            let replies = all_replies(&op);
             DocOperation {
                 anchor: op.operation_id.clone(),
                 method: op.method.to_string(),
@@ -321,8 +355,7 @@ pub async fn serve_docs(State(_): State<AppState>) -> Result<Response, Error> {
                 request: op
                     .request
                     .map(|(media, schema)| format!("{schema} ({media})")),
-                replies: op
-                    .replies
+                replies: replies
                     .into_iter()
                     .map(|r| (r.status, r.description.to_string(), r.schema))
                     .collect(),

@@ -87,12 +87,10 @@ fn json_object(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Json>, Er
     if essence != "application/json" && !essence.ends_with("+json") {
         return Err(Error::UnsupportedMediaType);
     }
-    match serde_json::from_slice::<Json>(body) {
-        Ok(Json::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::BadRequest("The body must be a JSON object.".into())),
-        Err(err) => Err(Error::BadRequest(format!(
-            "The body is not valid JSON: {err}"
-        ))),
+    // NULs and numbers Postgres cannot hold are refused here, named, for every body.
+    match super::input::parse_body(body)? {
+        Json::Object(map) => Ok(map),
+        _ => Err(Error::BadRequest("The body must be a JSON object.".into())),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod api;
 pub mod docs;
 pub mod fields;
 pub mod idempotency;
+pub mod input;
 pub mod internal_sync;
 pub mod links;
 pub mod outbox;

@@ -27,10 +27,16 @@ fn text(v: Option<String>) -> Value {
     v.map(Value::Text).unwrap_or(Value::Null)
 }
 
-fn object(v: Json) -> Value {
-    match v {
-        Json::Object(map) => Value::Object(map),
-        _ => Value::Object(Default::default()),
+/// A stored `custom` or `metadata` object, read as text so that a number serde_json cannot read
+/// back (one stored before the API refused them, or by SQL) does not fail the record, or every
+/// list it is on: see [`super::input::read_stored`].
+fn object(text: &str) -> Result<Value, Error> {
+    match super::input::read_stored(text) {
+        Some(Json::Object(map)) => Ok(Value::Object(map)),
+        Some(_) => Ok(Value::Object(Default::default())),
+        None => Err(Error::Database(sqlx::Error::Decode(
+            "a stored custom or metadata value is not JSON".into(),
+        ))),
     }
 }
 
@@ -135,7 +141,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
         Kind::Contact => {
             let rows = sqlx::query!(
                 r#"SELECT id, email, first_name, last_name, phone, company, job_title, owner_id,
-                          custom, metadata, source, version, created_at, updated_at, deleted_at
+                          custom::text AS "custom!", metadata::text AS "metadata!",
+                          source, version, created_at, updated_at, deleted_at
                    FROM contacts
                    WHERE tenant_id = $1
                      AND ($2::timestamptz IS NULL OR updated_at >= $2)
@@ -165,8 +172,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
                 fields.0.insert("company", text(r.company));
                 fields.0.insert("job_title", text(r.job_title));
                 fields.0.insert("owner_id", text(r.owner_id));
-                fields.0.insert("custom", object(r.custom));
-                fields.0.insert("metadata", object(r.metadata));
+                fields.0.insert("custom", object(&r.custom)?);
+                fields.0.insert("metadata", object(&r.metadata)?);
                 out.push(Stored {
                     kind,
                     id: r.id,
@@ -182,7 +189,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
         Kind::Deal => {
             let rows = sqlx::query!(
                 r#"SELECT id, title, value, currency, stage, close_date, owner_id,
-                          custom, metadata, source, version, created_at, updated_at, deleted_at
+                          custom::text AS "custom!", metadata::text AS "metadata!",
+                          source, version, created_at, updated_at, deleted_at
                    FROM deals
                    WHERE tenant_id = $1
                      AND ($2::timestamptz IS NULL OR updated_at >= $2)
@@ -236,8 +244,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
                         Value::Ids(contacts)
                     },
                 );
-                fields.0.insert("custom", object(r.custom));
-                fields.0.insert("metadata", object(r.metadata));
+                fields.0.insert("custom", object(&r.custom)?);
+                fields.0.insert("metadata", object(&r.metadata)?);
                 out.push(Stored {
                     kind,
                     id: r.id,
@@ -253,7 +261,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
         Kind::Task => {
             let rows = sqlx::query!(
                 r#"SELECT id, title, body, due_at, status, priority, assignee_id, linked_type, linked_id,
-                          custom, metadata, source, version, created_at, updated_at, deleted_at
+                          custom::text AS "custom!", metadata::text AS "metadata!",
+                          source, version, created_at, updated_at, deleted_at
                    FROM tasks
                    WHERE tenant_id = $1
                      AND ($2::timestamptz IS NULL OR updated_at >= $2)
@@ -288,8 +297,8 @@ pub async fn list(tx: &mut TenantTx, kind: Kind, f: &ListFilter) -> Result<Vec<S
                 fields.0.insert("priority", text(r.priority));
                 fields.0.insert("assignee_id", text(r.assignee_id));
                 fields.0.insert("linked", linked);
-                fields.0.insert("custom", object(r.custom));
-                fields.0.insert("metadata", object(r.metadata));
+                fields.0.insert("custom", object(&r.custom)?);
+                fields.0.insert("metadata", object(&r.metadata)?);
                 out.push(Stored {
                     kind,
                     id: r.id,

@@ -22,6 +22,29 @@ fn backend(err: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
 }
 
+/// The store's error says only text (`Backend(String)`); this exact text, which Ferry writes and
+/// nothing else does, marks "Postgres is unavailable" so that the request answers 503, not 500.
+const STORE_UNAVAILABLE: &str = "session store unavailable: postgres cannot be reached";
+
+/// A database error of the store, marked when it means Postgres is unavailable.
+fn database(err: sqlx::Error) -> session_store::Error {
+    if crate::error::database_unavailable(&err) {
+        tracing::warn!(error = %err, "session store: postgres unavailable");
+        session_store::Error::Backend(STORE_UNAVAILABLE.to_string())
+    } else {
+        backend(err)
+    }
+}
+
+/// Whether a session error came from the store because Postgres is unavailable.
+pub fn store_unavailable(err: &tower_sessions::session::Error) -> bool {
+    matches!(
+        err,
+        tower_sessions::session::Error::Store(session_store::Error::Backend(text))
+            if text == STORE_UNAVAILABLE
+    )
+}
+
 fn to_chrono(at: time::OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(at.unix_timestamp(), at.nanosecond()).unwrap_or(DateTime::UNIX_EPOCH)
 }
@@ -49,7 +72,7 @@ impl SessionStore for PgSessionStore {
             )
             .execute(self.db.cross_tenant())
             .await
-            .map_err(backend)?;
+            .map_err(database)?;
             if inserted.rows_affected() == 1 {
                 return Ok(());
             }
@@ -72,7 +95,7 @@ impl SessionStore for PgSessionStore {
         )
         .execute(self.db.cross_tenant())
         .await
-        .map_err(backend)?;
+        .map_err(database)?;
         Ok(())
     }
 
@@ -84,7 +107,7 @@ impl SessionStore for PgSessionStore {
         )
         .fetch_optional(self.db.cross_tenant())
         .await
-        .map_err(backend)?;
+        .map_err(database)?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -102,7 +125,7 @@ impl SessionStore for PgSessionStore {
         sqlx::query!("DELETE FROM sessions WHERE id = $1", id.to_string())
             .execute(self.db.cross_tenant())
             .await
-            .map_err(backend)?;
+            .map_err(database)?;
         Ok(())
     }
 }

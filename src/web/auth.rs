@@ -60,13 +60,25 @@ pub async fn login_page(
     if session.get::<SessionUser>(SESSION_USER).await?.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    render(&LoginPage {
+    let page = LoginPage {
         chrome: Chrome::public(&session, "Log in").await?,
         email: String::new(),
         next: safe_next(&query.next).to_string(),
         error: None,
         logged_out: query.logged_out.is_some(),
-    })
+    };
+    store_new_session(&session).await?;
+    render(&page)
+}
+
+/// A first visit creates the session that holds the form's CSRF token. It is stored here rather
+/// than by the session layer after the page is rendered: with Postgres down, the layer can only
+/// answer a bare 500, and here the failure is the 503 page with `Retry-After`.
+async fn store_new_session(session: &Session) -> Result<(), Error> {
+    if session.id().is_none() {
+        session.save().await?;
+    }
+    Ok(())
 }
 
 /// Starts a fresh session for a user who just proved who they are: a new session id (no fixation)
@@ -162,13 +174,15 @@ pub async fn signup_page(session: Session) -> Result<Response, Error> {
     if session.get::<SessionUser>(SESSION_USER).await?.is_some() {
         return Ok(Redirect::to("/").into_response());
     }
-    render(&SignupPage {
+    let page = SignupPage {
         chrome: Chrome::public(&session, "Sign up").await?,
         tenant_name: String::new(),
         name: String::new(),
         email: String::new(),
         errors: vec![],
-    })
+    };
+    store_new_session(&session).await?;
+    render(&page)
 }
 
 pub async fn signup(

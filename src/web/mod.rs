@@ -9,6 +9,7 @@ mod connections;
 pub mod csrf;
 mod dashboard;
 mod dlq;
+mod forms;
 mod history;
 pub mod mappings;
 mod profile;
@@ -131,6 +132,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/signup", get(auth::signup_page).post(auth::signup))
         .merge(members)
         .fallback(not_found)
+        // A NUL in any form field or query parameter: a 422 page naming it (never a 500).
+        .layer(middleware::from_fn(forms::reject_nul))
         .layer(middleware::from_fn_with_state(state.clone(), csrf::verify))
         .layer(sessions)
         .layer(origin_check)

@@ -6,6 +6,7 @@ mod helpers;
 mod alerts;
 mod api_keys;
 mod auth;
+mod bad_input;
 mod browser;
 mod cli;
 mod connection_detail;
