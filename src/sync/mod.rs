@@ -21,6 +21,7 @@ pub mod api;
 pub mod control;
 pub mod dlq;
 pub mod inbound;
+pub mod lease;
 pub mod outbound;
 pub mod poll;
 pub mod reconcile;

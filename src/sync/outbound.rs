@@ -104,6 +104,18 @@ pub async fn run(state: &AppState, tenant: TenantId, connection: Uuid) -> Result
     let Some(failures) = claimed.map(|r| r.outbound_failures) else {
         return Ok(());
     };
+    // Held while the batches run, however long the CRM takes to answer them.
+    let keeper = {
+        let state = state.clone();
+        super::lease::Keeper::start(LEASE / 3, move || {
+            let state = state.clone();
+            async move {
+                if let Err(err) = renew_lease(&state, tenant, connection).await {
+                    tracing::debug!(error = %err, "could not renew the outbound lease");
+                }
+            }
+        })
+    };
     let mut more = false;
     let mut client: Option<CrmClient> = None;
     for _ in 0..BATCHES_PER_JOB {
@@ -113,9 +125,13 @@ pub async fn run(state: &AppState, tenant: TenantId, connection: Uuid) -> Result
                 more = false;
                 break;
             }
-            Err(failure) => return failed(state, tenant, connection, failure, failures).await,
+            Err(failure) => {
+                keeper.stop().await;
+                return failed(state, tenant, connection, failure, failures).await;
+            }
         }
     }
+    keeper.stop().await;
     let mut tx = state.db.tenant(tenant).await?;
     sqlx::query!(
         "UPDATE sync_connections SET outbound_retry_at = NULL, outbound_failures = 0
@@ -136,6 +152,22 @@ pub async fn run(state: &AppState, tenant: TenantId, connection: Uuid) -> Result
         )
         .await;
     }
+    Ok(())
+}
+
+/// Pushes the claim on a connection's outbox a lease ahead (while it is held).
+async fn renew_lease(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    sqlx::query!(
+        "UPDATE sync_connections SET outbound_retry_at = now() + make_interval(secs => $3)
+         WHERE tenant_id = $1 AND connection_id = $2 AND outbound_retry_at > now()",
+        tenant.0,
+        connection,
+        LEASE.as_secs_f64()
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -363,6 +395,42 @@ async fn advance(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Saves the link of a record the CRM has just created, at once rather than with the batch:
+/// creates that go one call each (deals, tasks, contacts without an email) can take a while
+/// with a slow CRM, and the create's webhook comes back within a second; an event applied
+/// before the link exists made a second Ferry record (38 of 40 deals at 2 s a call). [`advance`]
+/// saves it again with the batch (idempotent). Failing here is logged, not fatal: a retry of
+/// the batch would create the CRM record a second time.
+async fn link_created(state: &AppState, tenant: TenantId, connection: Uuid, pushed: &Pushed) {
+    let (Some((key, remote_at, sent)), Some(record)) = (&pushed.link, pushed.item.record_id)
+    else {
+        return;
+    };
+    if pushed.item.action != Action::Created {
+        return;
+    }
+    let saved = async {
+        let mut tx = state.db.tenant(tenant).await?;
+        crate::db::advisory_lock_all(&mut tx, &[format!("link:{tenant}:{key}")]).await?;
+        save_link(
+            &mut tx,
+            connection,
+            key,
+            pushed.item.object,
+            record,
+            *remote_at,
+            sent,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<(), Error>(())
+    }
+    .await;
+    if let Err(err) = saved {
+        tracing::warn!(%connection, error = %err, "could not save a new link at once; it is saved with the batch");
+    }
 }
 
 /// Records (or re-points) the link and stores what was sent.
@@ -684,6 +752,7 @@ async fn push_all(
                     started,
                 )
                 .await?;
+                link_created(state, tenant, connection, &pushed).await;
                 done[index] = Some(pushed);
             }
         }

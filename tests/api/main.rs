@@ -20,6 +20,7 @@ mod hubspot;
 mod isolation;
 mod jobs;
 mod journey;
+mod leases;
 mod mappings;
 mod oauth;
 mod openapi;
