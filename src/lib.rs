@@ -95,7 +95,11 @@ pub async fn run(config: Config, parts: Parts) -> Result<(), StartError> {
         // A worker-only process answers health checks and metrics on a port of its own. Not
         // being able to bind it (two `work` processes on one host with the default) is logged,
         // not fatal: the workers matter more.
-        let Some(addr) = state.config.work_bind.filter(|_| parts.workers && !parts.http) else {
+        let Some(addr) = state
+            .config
+            .work_bind
+            .filter(|_| parts.workers && !parts.http)
+        else {
             return;
         };
         match app::bind(addr).await {

@@ -356,11 +356,7 @@ async fn reconcile_loop(state: AppState) {
 fn worker_name(queue: &str) -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into());
     let run = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "ferry-{queue}@{host}:{}:{}",
-        std::process::id(),
-        &run[..8]
-    )
+    format!("ferry-{queue}@{host}:{}:{}", std::process::id(), &run[..8])
 }
 
 /// How long a supervisor waits before starting a worker again after its `attempt`-th failure in a
@@ -540,8 +536,11 @@ pub async fn run(
         "maintenance",
         stop_rx.clone(),
         move |conn, name| {
-            let storage = RedisStorage::<Maintenance>::new(conn)
-                .with_config(worker_config(&maintenance_state, "maintenance", 4));
+            let storage = RedisStorage::<Maintenance>::new(conn).with_config(worker_config(
+                &maintenance_state,
+                "maintenance",
+                4,
+            ));
             let data = maintenance_state.clone();
             Monitor::new().register(move |_run| {
                 WorkerBuilder::new(name.clone())

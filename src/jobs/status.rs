@@ -119,7 +119,10 @@ mod tests {
         let workers = Workers::default();
         assert!(!workers.any(), "a serve-only process has no workers");
         workers.expect("sync");
-        assert!(!workers.snapshot()[0].1.is_running(), "starting is not running");
+        assert!(
+            !workers.snapshot()[0].1.is_running(),
+            "starting is not running"
+        );
         workers.running("sync", "ferry-sync-1");
         assert!(workers.snapshot()[0].1.is_running());
         workers.restarting("sync", "worker not registered", 1);

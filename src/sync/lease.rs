@@ -80,6 +80,10 @@ mod tests {
         keeper.stop().await;
         let at_stop = count.load(Ordering::SeqCst);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(count.load(Ordering::SeqCst), at_stop, "no renewal after stop");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            at_stop,
+            "no renewal after stop"
+        );
     }
 }

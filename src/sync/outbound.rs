@@ -334,7 +334,11 @@ async fn advance(
     let locks: Vec<String> = results
         .unwrap_or_default()
         .iter()
-        .filter_map(|p| p.link.as_ref().map(|(key, ..)| format!("link:{tenant}:{key}")))
+        .filter_map(|p| {
+            p.link
+                .as_ref()
+                .map(|(key, ..)| format!("link:{tenant}:{key}"))
+        })
         .collect();
     if !locks.is_empty() {
         crate::db::advisory_lock_all(&mut tx, &locks).await?;
@@ -404,8 +408,7 @@ async fn advance(
 /// saves it again with the batch (idempotent). Failing here is logged, not fatal: a retry of
 /// the batch would create the CRM record a second time.
 async fn link_created(state: &AppState, tenant: TenantId, connection: Uuid, pushed: &Pushed) {
-    let (Some((key, remote_at, sent)), Some(record)) = (&pushed.link, pushed.item.record_id)
-    else {
+    let (Some((key, remote_at, sent)), Some(record)) = (&pushed.link, pushed.item.record_id) else {
         return;
     };
     if pushed.item.action != Action::Created {

@@ -549,7 +549,10 @@ fn search_for(cursor: &Cursor, modified: &str, properties: &[String]) -> Search 
 
 /// When the CRM last modified `record`, by the property the query sorts on (the record's
 /// `updatedAt` when the property is missing).
-fn modified_at(record: &crate::connectors::hubspot::client::Record, modified: &str) -> DateTime<Utc> {
+fn modified_at(
+    record: &crate::connectors::hubspot::client::Record,
+    modified: &str,
+) -> DateTime<Utc> {
     record
         .properties
         .get(modified)
@@ -558,7 +561,11 @@ fn modified_at(record: &crate::connectors::hubspot::client::Record, modified: &s
             DateTime::parse_from_rfc3339(text)
                 .map(|d| d.with_timezone(&Utc))
                 .ok()
-                .or_else(|| text.parse::<i64>().ok().and_then(DateTime::from_timestamp_millis))
+                .or_else(|| {
+                    text.parse::<i64>()
+                        .ok()
+                        .and_then(DateTime::from_timestamp_millis)
+                })
         })
         .unwrap_or_else(|| inbound::updated_at(record))
 }
@@ -859,7 +866,12 @@ mod tests {
         let mut records: Vec<Record> = (1..=198).map(|i| record(i, 1_000 + i as i64)).collect();
         records.push(record(500, 5_000));
         records.push(record(199, 5_000));
-        let step = advance(Uuid::nil(), Kind::Contact, &mut cursor, &page(records, true));
+        let step = advance(
+            Uuid::nil(),
+            Kind::Contact,
+            &mut cursor,
+            &page(records, true),
+        );
         assert!(!step.exhausted);
         assert_eq!(step.fetched, 200);
         assert_eq!(cursor.query_from, Some(at(5_000)));
@@ -874,7 +886,12 @@ mod tests {
         // The next query returns the two boundary records again, and one more at that
         // millisecond that the page before did not reach: only the new one is kept.
         let mut again = page(
-            vec![record(199, 5_000), record(500, 5_000), record(77, 5_000), record(600, 6_000)],
+            vec![
+                record(199, 5_000),
+                record(500, 5_000),
+                record(77, 5_000),
+                record(600, 6_000),
+            ],
             false,
         );
         Seen::of(&cursor).drop_from(&mut again, "lastmodifieddate");
