@@ -14,6 +14,7 @@ mod connections;
 mod csrf;
 mod dashboard;
 mod dlq;
+mod faults;
 mod health;
 mod history;
 mod hubspot;
