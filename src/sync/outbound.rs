@@ -45,8 +45,9 @@ pub const BATCH: usize = 100;
 const SCAN: i64 = 2_000;
 /// Batches per job before yielding.
 pub const BATCHES_PER_JOB: usize = 10;
-/// How long a claimed drain stays claimed if its worker dies (renewed with every batch).
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long a claimed drain stays claimed if its worker dies (renewed every third of it while
+/// the job runs, and with every batch).
+pub const LEASE: Duration = Duration::from_secs(15);
 
 struct Row {
     kind: Kind,

@@ -34,8 +34,9 @@ use crate::tenancy::TenantId;
 pub const PAGE: u32 = 200;
 /// How far before the watermark an incremental query starts (search lag).
 pub const OVERLAP: Duration = Duration::from_secs(30);
-/// How long a claimed poll stays claimed if its worker dies (renewed with every page).
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long a claimed poll stays claimed if its worker dies (renewed every third of it while
+/// the job runs, and with every page).
+pub const LEASE: Duration = Duration::from_secs(15);
 /// How long one job keeps paging (at least one page); then it yields (re-enqueues itself) so
 /// other connections get a turn. See docs/decisions.md.
 pub const JOB_SLICE: Duration = Duration::from_secs(2);
@@ -120,7 +121,22 @@ pub async fn run(
         return Ok(());
     };
     tx.commit().await?;
-    match pages(state, tenant, connection, kind, cursor).await {
+    // Held while the pages are read (however slow the CRM); a worker that dies stops renewing
+    // and the claim lapses within a lease.
+    let keeper = {
+        let state = state.clone();
+        super::lease::Keeper::start(LEASE / 3, move || {
+            let state = state.clone();
+            async move {
+                if let Err(err) = renew_lease(&state, tenant, connection, kind).await {
+                    tracing::debug!(error = %err, "could not renew the poll's lease");
+                }
+            }
+        })
+    };
+    let outcome = pages(state, tenant, connection, kind, cursor).await;
+    keeper.stop().await;
+    match outcome {
         Ok(more) => {
             if more {
                 super::enqueue(
@@ -139,6 +155,29 @@ pub async fn run(
             failed(state, tenant, connection, kind, failure, failures, run).await
         }
     }
+}
+
+/// Pushes a claimed poll's claim a lease ahead (never a poll scheduled later than that).
+async fn renew_lease(
+    state: &AppState,
+    tenant: TenantId,
+    connection: Uuid,
+    kind: Kind,
+) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    sqlx::query!(
+        "UPDATE sync_cursors SET next_poll_at = now() + make_interval(secs => $4)
+         WHERE tenant_id = $1 AND connection_id = $2 AND object = $3
+           AND next_poll_at > now() AND next_poll_at < now() + make_interval(secs => $4)",
+        tenant.0,
+        connection,
+        kind.as_str(),
+        LEASE.as_secs_f64()
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Pages until the query is exhausted or the job's share is used. `Ok(true)`: more to do now.

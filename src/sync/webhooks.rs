@@ -40,9 +40,9 @@ use crate::tenancy::TenantId;
 pub const TOLERANCE: Duration = Duration::from_secs(5 * 60);
 /// Events processed per batch of a connection.
 pub const EVENTS_PER_BATCH: i64 = 500;
-/// How long claimed event processing stays claimed if its worker dies (renewed with every
-/// batch).
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long claimed event processing stays claimed if its worker dies (renewed every third of
+/// it while the job runs, and with every batch).
+pub const LEASE: Duration = Duration::from_secs(15);
 
 /// The URI as HubSpot signs it: only these escapes are decoded.
 fn signed_uri(uri: &str) -> String {
@@ -624,6 +624,19 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
     let Some(failures) = claimed else {
         return Ok(());
     };
+    // Held while the batches run (however slow the CRM); a worker that dies stops renewing and
+    // the claim lapses within a lease.
+    let keeper = {
+        let state = state.clone();
+        super::lease::Keeper::start(LEASE / 3, move || {
+            let state = state.clone();
+            async move {
+                if let Err(err) = renew_lease(&state, tenant, connection).await {
+                    tracing::debug!(error = %err, "could not renew the events lease");
+                }
+            }
+        })
+    };
     let mut outcome = Ok(());
     for _ in 0..10 {
         match batch(state, tenant, connection).await {
@@ -635,6 +648,7 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
             }
         }
     }
+    keeper.stop().await;
     let mut tx = state.db.tenant(tenant).await?;
     let mut more = false;
     match outcome {
@@ -695,6 +709,23 @@ pub async fn process(state: &AppState, tenant: TenantId, connection: Uuid) -> Re
         };
         super::enqueue(state, job).await;
     }
+    Ok(())
+}
+
+/// Pushes the claim on a connection's events a lease ahead (while it is held).
+async fn renew_lease(state: &AppState, tenant: TenantId, connection: Uuid) -> Result<(), Error> {
+    let mut tx = state.db.tenant(tenant).await?;
+    sqlx::query!(
+        "UPDATE sync_connections SET inbound_retry_at = now() + make_interval(secs => $3)
+         WHERE tenant_id = $1 AND connection_id = $2 AND inbound_retry_at > now()
+           AND inbound_retry_at < now() + make_interval(secs => $3)",
+        tenant.0,
+        connection,
+        LEASE.as_secs_f64()
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 

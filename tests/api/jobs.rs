@@ -330,7 +330,10 @@ async fn a_redis_flush_in_the_middle_of_a_backfill_costs_seconds_and_no_restart(
     })
     .await;
     assert!(started, "the backfill started");
-    assert!(synced.local_count("contacts").await < 4000, "flushed mid-backfill");
+    assert!(
+        synced.local_count("contacts").await < 4000,
+        "flushed mid-backfill"
+    );
     assert!(flush_prefix(&app.state).await > 0);
 
     // The workers notice at their next heartbeat, and start again under new names.
@@ -339,7 +342,11 @@ async fn a_redis_flush_in_the_middle_of_a_backfill_costs_seconds_and_no_restart(
         names.iter().all(|n| !before.contains(n))
     })
     .await;
-    assert!(restarted, "workers started again: {:?}", app.state.workers.snapshot());
+    assert!(
+        restarted,
+        "workers started again: {:?}",
+        app.state.workers.snapshot()
+    );
     synced.wait_backfilled(Duration::from_secs(120)).await;
     assert_eq!(synced.local_count("contacts").await, 4000);
     synced.assert_contacts_equal().await;
@@ -377,7 +384,9 @@ async fn readyz_reports_the_workers_of_its_process() {
         .restarting("sync", "Heartbeat failed: worker not registered", 2);
     let (status, body) = api_ready(&app).await;
     assert_eq!(status, 503);
-    let said = body["checks"]["workers"]["sync"].as_str().unwrap_or_default();
+    let said = body["checks"]["workers"]["sync"]
+        .as_str()
+        .unwrap_or_default();
     assert!(said.contains("worker not registered"), "{said}");
     app.state.workers.running("sync", "ferry-sync@test");
     let (status, body) = api_ready(&app).await;
@@ -428,7 +437,11 @@ async fn a_renewed_slot_outlives_its_lease_and_a_released_one_is_free() {
         .expect("a free slot");
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert!(kv.renew_slot("slots-test", &token, lease).await.expect("redis"));
+        assert!(
+            kv.renew_slot("slots-test", &token, lease)
+                .await
+                .expect("redis")
+        );
     }
     // 2.8 s after it was taken, the renewed slot is still held.
     assert!(
@@ -440,7 +453,9 @@ async fn a_renewed_slot_outlives_its_lease_and_a_released_one_is_free() {
     );
     tokio::time::sleep(lease + Duration::from_millis(300)).await;
     assert!(
-        !kv.renew_slot("slots-test", &token, lease).await.expect("redis"),
+        !kv.renew_slot("slots-test", &token, lease)
+            .await
+            .expect("redis"),
         "an expired slot cannot be renewed"
     );
     let again = kv
@@ -449,7 +464,12 @@ async fn a_renewed_slot_outlives_its_lease_and_a_released_one_is_free() {
         .expect("redis")
         .expect("the expired slot is free");
     kv.release_slot("slots-test", &again).await.expect("redis");
-    assert!(kv.acquire_slot("slots-test", 1, lease).await.expect("redis").is_some());
+    assert!(
+        kv.acquire_slot("slots-test", 1, lease)
+            .await
+            .expect("redis")
+            .is_some()
+    );
 }
 
 /// Recipe (issue 19, 7): with `serve` and `work` split, `/metrics` on `serve` showed no queue

@@ -65,7 +65,11 @@ async fn a_push_slower_than_its_lease_is_not_pushed_twice() {
     synced.faults(json!({ "latencyMs": 0 })).await;
     let crm = synced.crm_all("deals", "dealname").await;
     assert_eq!(crm.len(), 40, "each deal created once at the CRM");
-    assert_eq!(synced.local_count("deals").await, 40, "and no extra Ferry deals");
+    assert_eq!(
+        synced.local_count("deals").await,
+        40,
+        "and no extra Ferry deals"
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(35), worker).await;
 }

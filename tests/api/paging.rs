@@ -67,5 +67,9 @@ async fn crm_edits_during_a_slow_backfill_skip_no_record() {
         .expect("edited contact");
         assert_eq!(title, Some(format!("Edited while paging {id}")));
     }
-    assert!(synced.letters().await.is_empty(), "{:?}", synced.letters().await);
+    assert!(
+        synced.letters().await.is_empty(),
+        "{:?}",
+        synced.letters().await
+    );
 }
