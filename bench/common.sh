@@ -39,7 +39,8 @@ bench_cleanup() {
 bench_init() {
   command -v curl >/dev/null || { echo "curl is needed" >&2; exit 1; }
   mkdir -p "$work_dir"
-  # SKIP_BUILD=1: use target/release/ferry as it is (e.g. built with SQLX_OFFLINE=false).
+  # SKIP_BUILD=1: use target/release/ferry as it is (e.g. built with SQLX_OFFLINE=false), or
+  # the binary FERRY_BIN names (e.g. built into another CARGO_TARGET_DIR).
   [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release --quiet --bin ferry
   trap bench_cleanup EXIT
   psql "$admin" -qc "CREATE DATABASE $db"
@@ -58,9 +59,10 @@ bench_init() {
   export FERRY_SANDBOX_CLIENT_SECRET="ferry-bench-secret-$$"
   export FERRY_SANDBOX_BIND="127.0.0.1:$SANDBOX_PORT"
   export FERRY_SANDBOX_REDIRECT_URIS="$base/oauth/callback/hubspot"
-  # Ferry's own per-account ceiling on CRM calls is HubSpot's (100 per 10 s, 4 searches/s);
+  # Ferry's own per-account ceiling on CRM calls is HubSpot's (110 per 10 s, 5 searches/s);
   # the sandbox runs with its limits off, so lift Ferry's too: this measures Ferry, not the
-  # budget. (With HubSpot's budget a backfill is capped at 4 x 200 records/s by search alone.)
+  # budget. (With HubSpot's budget a backfill is capped at 5 x 200 records/s by search alone:
+  # bench/sync-backfill-limits.sh measures that.)
   export FERRY_HUBSPOT_RATE_LIMIT=${FERRY_HUBSPOT_RATE_LIMIT:-10000000}
   export FERRY_HUBSPOT_SEARCH_RATE_LIMIT=${FERRY_HUBSPOT_SEARCH_RATE_LIMIT:-100000}
   # The REST API's per-tenant limit is not what is measured either.
@@ -78,19 +80,19 @@ wait_for() { # url, seconds
 }
 
 start_sandbox() { # flags for `ferry sandbox`
-  RUST_LOG=${SANDBOX_LOG:-warn} target/release/ferry sandbox "$@" >"$work_dir/sandbox.log" 2>&1 &
+  RUST_LOG=${SANDBOX_LOG:-warn} "${FERRY_BIN:-target/release/ferry}" sandbox "$@" >"$work_dir/sandbox.log" 2>&1 &
   sandbox=$!
   wait_for "$crm/" 300
 }
 
 create_tenant() {
-  FERRY_BENCH_KEY=$(target/release/ferry tenant create --name Bench --email "$email" \
+  FERRY_BENCH_KEY=$("${FERRY_BIN:-target/release/ferry}" tenant create --name Bench --email "$email" \
     --password "$password" | sed -n 's/^FERRY_API_KEY=//p')
   export FERRY_BENCH_KEY
 }
 
 start_ferry() { # all | serve
-  target/release/ferry "$1" --no-migrate >"$work_dir/ferry.log" 2>&1 &
+  "${FERRY_BIN:-target/release/ferry}" "$1" --no-migrate >"$work_dir/ferry.log" 2>&1 &
   server=$!
   wait_for "$base/readyz" 60
 }

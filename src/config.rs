@@ -323,8 +323,9 @@ impl Config {
         };
         let api_rate_per_second = positive("FERRY_API_RATE_LIMIT", 100)?;
         let api_burst = positive("FERRY_API_BURST", 200)?;
-        // Ferry's own ceiling on calls to each HubSpot account (below HubSpot's, so it throttles
-        // before HubSpot has to). Raise them only against a CRM that allows more (the sandbox).
+        // Ferry's own ceiling on calls to each HubSpot account (HubSpot's budget, paced so it
+        // throttles before HubSpot has to). Raise them only against a CRM that allows more (the
+        // sandbox).
         let hubspot_limits = match (
             get("FERRY_HUBSPOT_RATE_LIMIT").is_some(),
             get("FERRY_HUBSPOT_SEARCH_RATE_LIMIT").is_some(),

@@ -200,12 +200,21 @@ pub fn admin_routes() -> Router<Shared> {
         .route("/_sandbox/stats", get(stats))
 }
 
-/// Per portal: the batch calls answered so far, by `object/action`.
+/// Per portal: the batch calls answered so far, by `object/action`, and the 429s its rate
+/// limits answered (`rateLimited`: the total and by policy; injected 429s are not counted).
 async fn stats(State(sandbox): State<Shared>) -> Response {
     let portals: Vec<serde_json::Value> = sandbox
         .portals
         .iter()
-        .map(|p| json!({ "portalId": p.id, "batchCalls": p.batch_calls() }))
+        .map(|p| {
+            let refused = sandbox.limits.refused(p.id);
+            json!({
+                "portalId": p.id,
+                "batchCalls": p.batch_calls(),
+                "rateLimited": refused.total(),
+                "rateLimitedByPolicy": refused,
+            })
+        })
         .collect();
     Json(json!({ "portals": portals })).into_response()
 }

@@ -87,6 +87,31 @@ struct Usage {
     search: VecDeque<Instant>,
     day: i64,
     daily_used: u64,
+    refused: Refused,
+}
+
+/// The 429s a portal was answered since the sandbox started, by the limit that refused them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Refused {
+    pub ten_secondly_rolling: u64,
+    pub secondly: u64,
+    pub daily: u64,
+}
+
+impl Refused {
+    pub fn total(&self) -> u64 {
+        self.ten_secondly_rolling + self.secondly + self.daily
+    }
+
+    fn count(&mut self, policy: Policy) -> Policy {
+        match policy {
+            Policy::TenSecondlyRolling => self.ten_secondly_rolling += 1,
+            Policy::Secondly => self.secondly += 1,
+            Policy::Daily => self.daily += 1,
+        }
+        policy
+    }
 }
 
 pub struct RateLimiter {
@@ -115,24 +140,42 @@ impl RateLimiter {
         }
     }
 
+    /// The 429s `portal` was answered so far.
+    pub fn refused(&self, portal: u64) -> Refused {
+        lock(&self.usage)
+            .get(&portal)
+            .map(|u| u.refused)
+            .unwrap_or_default()
+    }
+
     /// Counts one request of `portal`. Search requests are limited per second and carry no
-    /// headers (`Ok(None)`); others get the headers to send. Refused requests are not counted.
+    /// headers (`Ok(None)`); others get the headers to send. Refused requests do not spend the
+    /// budget; they are counted apart (see [`RateLimiter::refused`]).
     pub fn check(&self, portal: u64, search: bool) -> Result<Option<LimitHeaders>, Policy> {
         let now = Instant::now();
         let mut usage = lock(&self.usage);
         let u = usage.entry(portal).or_default();
+        Self::spend(&self.config, u, now, search).map_err(|policy| u.refused.count(policy))
+    }
+
+    fn spend(
+        config: &RateLimitConfig,
+        u: &mut Usage,
+        now: Instant,
+        search: bool,
+    ) -> Result<Option<LimitHeaders>, Policy> {
         let day = today();
         if u.day != day {
             u.day = day;
             u.daily_used = 0;
         }
-        if let Some(daily) = self.config.daily
+        if let Some(daily) = config.daily
             && u.daily_used >= daily
         {
             return Err(Policy::Daily);
         }
         if search {
-            let max = self.config.search_per_second as usize;
+            let max = config.search_per_second as usize;
             if max > 0 {
                 trim(&mut u.search, now, SEARCH_WINDOW);
                 if u.search.len() >= max {
@@ -143,7 +186,7 @@ impl RateLimiter {
             u.daily_used += 1;
             return Ok(None);
         }
-        let max = self.config.per_ten_seconds;
+        let max = config.per_ten_seconds;
         let remaining = if max > 0 {
             trim(&mut u.window, now, WINDOW);
             if u.window.len() >= max as usize {
@@ -158,10 +201,42 @@ impl RateLimiter {
         Ok(Some(LimitHeaders {
             max: if max > 0 { max } else { u32::MAX },
             remaining,
-            daily: self
-                .config
-                .daily
-                .map(|d| (d, d.saturating_sub(u.daily_used))),
+            daily: config.daily.map(|d| (d, d.saturating_sub(u.daily_used))),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_429_is_counted_per_portal_by_the_limit_that_refused_it() {
+        let limits = RateLimiter::new(RateLimitConfig {
+            per_ten_seconds: 2,
+            search_per_second: 1,
+            daily: None,
+        });
+        for _ in 0..3 {
+            let _ = limits.check(7, false);
+        }
+        for _ in 0..4 {
+            let _ = limits.check(7, true);
+        }
+        assert!(
+            limits.check(8, true).is_ok(),
+            "another portal has its own budget"
+        );
+        let refused = limits.refused(7);
+        assert_eq!(
+            (
+                refused.ten_secondly_rolling,
+                refused.secondly,
+                refused.daily
+            ),
+            (1, 3, 0)
+        );
+        assert_eq!(refused.total(), 4);
+        assert_eq!(limits.refused(8), Refused::default());
     }
 }

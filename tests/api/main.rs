@@ -8,6 +8,7 @@ mod api_keys;
 mod auth;
 mod bad_input;
 mod browser;
+mod budget;
 mod cli;
 mod connection_detail;
 mod connections;

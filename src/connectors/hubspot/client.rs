@@ -141,6 +141,18 @@ pub struct Page {
     pub after: Option<String>,
 }
 
+/// How many times a call refused by a per-second 429 is sent again before the error is returned.
+const SECONDLY_RETRIES: u32 = 3;
+/// A call is sent again in place only while the pause it waits out is at most this long (longer
+/// pauses, after repeated 429s, go back to the caller's retry policy).
+const SECONDLY_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Why one attempt of a call failed: a per-second 429 (with the pause it set) or anything else.
+enum Refused {
+    Secondly(ApiError, Duration),
+    Other(ApiError),
+}
+
 /// The outcome of a batch call: what succeeded, and per-input errors (207).
 #[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
@@ -160,6 +172,26 @@ struct Inputs<'a, T> {
 #[derive(Serialize)]
 struct Id<'a> {
     id: &'a str,
+}
+
+/// The body of a batch read. HubSpot's published spec marks `propertiesWithHistory` required;
+/// an empty list asks for no history (the answer is what it was without it).
+#[derive(Serialize)]
+struct ReadBody<'a> {
+    inputs: Vec<Id<'a>>,
+    properties: &'a [String],
+    #[serde(rename = "propertiesWithHistory")]
+    properties_with_history: &'a [String],
+}
+
+impl<'a> ReadBody<'a> {
+    fn new(ids: &'a [String], properties: &'a [String]) -> ReadBody<'a> {
+        ReadBody {
+            inputs: ids.iter().map(|id| Id { id }).collect(),
+            properties,
+            properties_with_history: &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -269,7 +301,36 @@ impl Client {
         body: Option<&B>,
         bucket: Bucket,
     ) -> Result<(StatusCode, T), ApiError> {
-        self.limiter.acquire(&self.account, bucket).await?;
+        let mut refused = 0;
+        loop {
+            match self.call_once(method.clone(), path, body, bucket).await {
+                // A per-second 429 costs its pause, not a failed job: the call waits it out
+                // (inside `acquire`) and goes again, a few times at most. HubSpot did not act on
+                // a refused request, so resending a write is safe.
+                Err(Refused::Secondly(err, pause))
+                    if refused < SECONDLY_RETRIES && pause <= SECONDLY_RETRY_PAUSE =>
+                {
+                    refused += 1;
+                    tracing::debug!(refused, error = %err, "search refused for the second; retrying after the pause");
+                }
+                Err(Refused::Secondly(err, _) | Refused::Other(err)) => return Err(err),
+                Ok(answer) => return Ok(answer),
+            }
+        }
+    }
+
+    async fn call_once<T: DeserializeOwned, B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        bucket: Bucket,
+    ) -> Result<(StatusCode, T), Refused> {
+        let slot = self
+            .limiter
+            .acquire(&self.account, bucket)
+            .await
+            .map_err(|e| Refused::Other(e.into()))?;
         let url = format!("{}{path}", self.base.as_str().trim_end_matches('/'));
         let mut request = self
             .http
@@ -279,49 +340,65 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
+        let network = |e: reqwest::Error| Refused::Other(ApiError::Network(without_url(&e)));
+        let response = request.send().await.map_err(network)?;
         let status = response.status();
+        // HubSpot has counted the call by now: its slot counts from here if that is sooner.
+        let refused = status == StatusCode::TOO_MANY_REQUESTS;
+        if let Err(err) = self.limiter.answered(&slot, refused).await {
+            tracing::debug!(error = %err, "could not note a call's answer");
+        }
         let retry_after = response
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ApiError::Network(without_url(&e)))?;
+        let limit_headers = response
+            .headers()
+            .keys()
+            .any(|name| name.as_str().starts_with("x-hubspot-ratelimit-"));
+        let bytes = response.bytes().await.map_err(network)?;
         if status.is_success() {
             let value = if bytes.is_empty() {
                 b"null".as_slice()
             } else {
                 &bytes[..]
             };
-            let parsed =
-                serde_json::from_slice(value).map_err(|e| ApiError::Decode(e.to_string()))?;
+            let parsed = serde_json::from_slice(value)
+                .map_err(|e| Refused::Other(ApiError::Decode(e.to_string())))?;
             return Ok((status, parsed));
         }
         let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_default();
+        let mut policy = None;
+        let mut pause = Duration::ZERO;
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let policy = Policy::parse(body.policy_name.as_deref());
-            if let Err(err) = self
+            let read = Policy::of_429(
+                body.policy_name.as_deref(),
+                bucket == Bucket::Search,
+                limit_headers,
+            );
+            policy = Some(read);
+            match self
                 .limiter
-                .penalize(&self.account, policy, retry_after)
+                .penalize(&self.account, read, retry_after)
                 .await
             {
-                tracing::warn!(error = %err, "could not record HubSpot's 429");
+                Ok(set) => pause = set,
+                Err(err) => tracing::warn!(error = %err, "could not record HubSpot's 429"),
             }
         }
         let class = classify(status, &body);
-        Err(ApiError::Status {
+        let err = ApiError::Status {
             status: status.as_u16(),
             class,
             message: body.message.clone().unwrap_or_else(|| status.to_string()),
             body: Box::new(body),
             retry_after,
+        };
+        Err(match policy {
+            Some(Policy::Secondly) => Refused::Secondly(err, pause),
+            _ => Refused::Other(err),
         })
     }
 
@@ -471,13 +548,7 @@ impl Client {
         properties: &[String],
     ) -> Result<BatchOutcome, ApiError> {
         Self::check_batch_size(ids.len())?;
-        #[derive(Serialize)]
-        struct Read<'a> {
-            inputs: Vec<Id<'a>>,
-            properties: &'a [String],
-        }
-        let inputs = ids.iter().map(|id| Id { id }).collect();
-        self.batch(object, "read", &Read { inputs, properties })
+        self.batch(object, "read", &ReadBody::new(ids, properties))
             .await
     }
 
@@ -678,6 +749,21 @@ mod tests {
             let status = StatusCode::from_u16(status).expect("status");
             assert_eq!(classify(status, body), class, "{status}");
         }
+    }
+
+    #[test]
+    fn a_batch_read_sends_the_fields_hubspots_spec_requires() {
+        let ids = vec!["1".to_string(), "2".to_string()];
+        let properties = vec!["email".to_string()];
+        let body = serde_json::to_value(ReadBody::new(&ids, &properties)).expect("body");
+        assert_eq!(
+            body,
+            json!({
+                "inputs": [{"id": "1"}, {"id": "2"}],
+                "properties": ["email"],
+                "propertiesWithHistory": [],
+            })
+        );
     }
 
     #[test]
