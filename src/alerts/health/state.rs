@@ -177,6 +177,40 @@ fn count_words(n: i64, one: &str, many: &str) -> String {
     }
 }
 
+/// Whether a retry gate holds work back: ahead of now after failures, or further ahead than a
+/// worker's lease would put it.
+fn held(retry_at: Option<DateTime<Utc>>, failures: i32, now: DateTime<Utc>) -> bool {
+    retry_at.is_some_and(|at| at > now && (failures > 0 || at > now + LEASE))
+}
+
+/// "<what> (the oldest for 5 min): <failed> 3 times in a row (<error>). Next try in 50 s."
+fn held_detail(
+    what: String,
+    oldest: Option<Duration>,
+    failed: &str,
+    failures: i32,
+    error: Option<&str>,
+    retry_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> String {
+    let mut detail = what;
+    if let Some(wait) = oldest {
+        detail.push_str(&format!(" (the oldest for {})", span(wait)));
+    }
+    detail.push_str(&format!(": {failed}"));
+    if failures > 0 {
+        detail.push_str(&format!(" {failures} times in a row"));
+    }
+    if let Some(error) = error {
+        detail.push_str(&format!(" ({})", short(error)));
+    }
+    detail.push('.');
+    if let Some(at) = retry_at.filter(|at| *at > now) {
+        detail.push_str(&format!(" Next try {}.", until(at, now)));
+    }
+    detail
+}
+
 fn short(text: &str) -> String {
     let mut out: String = text.chars().take(200).collect();
     if text.chars().count() > 200 {
@@ -218,26 +252,21 @@ pub fn assess(
 
     if active {
         // Webhook events: held by the retry gate after failures, or waiting too long.
-        let gate_held = facts
-            .inbound_retry_at
-            .is_some_and(|at| at > now && (facts.inbound_failures > 0 || at > now + LEASE));
+        let gate_held = held(facts.inbound_retry_at, facts.inbound_failures, now);
         let oldest_wait = facts.oldest_event_at.map(|at| now - at);
         if facts.pending_events > 0 && (gate_held || facts.open_event_letters > 0) {
-            let mut detail = format!(
-                "{} waiting{}: processing them failed",
-                count_words(facts.pending_events, "webhook event", "webhook events"),
-                oldest_wait.map_or(String::new(), |w| format!(" (the oldest for {})", span(w)))
+            let mut detail = held_detail(
+                format!(
+                    "{} waiting",
+                    count_words(facts.pending_events, "webhook event", "webhook events")
+                ),
+                oldest_wait,
+                "processing them failed",
+                facts.inbound_failures,
+                facts.last_error.as_deref(),
+                facts.inbound_retry_at,
+                now,
             );
-            if facts.inbound_failures > 0 {
-                detail.push_str(&format!(" {} times in a row", facts.inbound_failures));
-            }
-            if let Some(error) = &facts.last_error {
-                detail.push_str(&format!(" ({})", short(error)));
-            }
-            detail.push('.');
-            if let Some(at) = facts.inbound_retry_at.filter(|at| *at > now) {
-                detail.push_str(&format!(" Next try {}.", until(at, now)));
-            }
             if facts.open_event_letters > 0 {
                 detail.push_str(
                     " Their batch is in the dead-letter queue: replay it once the cause is fixed.",
@@ -312,26 +341,21 @@ pub fn assess(
         }
 
         // Changes to push to the CRM.
-        let push_held = facts
-            .outbound_retry_at
-            .is_some_and(|at| at > now && (facts.outbound_failures > 0 || at > now + LEASE));
+        let push_held = held(facts.outbound_retry_at, facts.outbound_failures, now);
         let change_wait = facts.oldest_change_at.map(|at| now - at);
         if facts.pending_changes > 0 && push_held {
-            let mut detail = format!(
-                "{} to push to the CRM{}: pushing failed",
-                count_words(facts.pending_changes, "change", "changes"),
-                change_wait.map_or(String::new(), |w| format!(" (the oldest for {})", span(w)))
+            let detail = held_detail(
+                format!(
+                    "{} to push to the CRM",
+                    count_words(facts.pending_changes, "change", "changes")
+                ),
+                change_wait,
+                "pushing failed",
+                facts.outbound_failures,
+                facts.last_error.as_deref(),
+                facts.outbound_retry_at,
+                now,
             );
-            if facts.outbound_failures > 0 {
-                detail.push_str(&format!(" {} times in a row", facts.outbound_failures));
-            }
-            if let Some(error) = &facts.last_error {
-                detail.push_str(&format!(" ({})", short(error)));
-            }
-            detail.push('.');
-            if let Some(at) = facts.outbound_retry_at.filter(|at| *at > now) {
-                detail.push_str(&format!(" Next try {}.", until(at, now)));
-            }
             problems.push(Problem {
                 state: State::Blocked,
                 key: "outbox_held".into(),
